@@ -1,0 +1,1 @@
+"""Click commands for embedcache; installed as the `embedcache_cli` package."""

@@ -1,0 +1,90 @@
+"""The encoder contract: a waveform batch in, patch tokens per layer out, on a time x frequency grid."""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class EncoderOutput:
+    """What one forward pass returns.
+
+    layers: layer index -> patch tokens [B, T, D], T = n_time * n_freq in time-major order (t * n_freq + f).
+    prefix: layer index -> prefix tokens (cls, distillation, ...) [B, P, D]; empty when the encoder has none.
+    grid: (n_time, n_freq) of the patch tokens.
+    """
+
+    layers: dict[int, torch.Tensor]
+    prefix: dict[int, torch.Tensor]
+    grid: tuple[int, int]
+
+
+class Encoder(torch.nn.Module, metaclass=abc.ABCMeta):
+    """Base class for frozen encoders.
+
+    Subclasses set `name`, `sample_rate`, `clip_seconds`, `num_layers`, `embed_dim`, `num_prefix`, and implement
+    `config`, `frontend_config`, `token_grid` and `forward`. Layer indices are 0-based block outputs
+    (0 .. num_layers - 1); callers resolve "last"/negative indices with `resolve_layers` first.
+    """
+
+    name: str = "encoder"
+    sample_rate: int = 16000
+    # Every clip is cropped/zero-padded to this many seconds before the forward pass; None keeps its length.
+    clip_seconds: float | None = 10.0
+    num_layers: int = 1
+    embed_dim: int = 0
+    num_prefix: int = 0
+
+    @abc.abstractmethod
+    def config(self) -> dict:
+        """JSON-able settings that rebuild this encoder (recorded in the store's provenance)."""
+
+    @abc.abstractmethod
+    def frontend_config(self) -> dict:
+        """JSON-able description of the feature front end (recorded in the store's provenance)."""
+
+    @abc.abstractmethod
+    def token_grid(self, num_samples: int) -> tuple[int, int]:
+        """(n_time, n_freq) of the patch tokens for a clip of `num_samples` samples."""
+
+    @abc.abstractmethod
+    def forward(self, wave: torch.Tensor, layers: Sequence[int]) -> EncoderOutput:
+        """Tokens for a waveform batch [B, S] at `sample_rate`, for the requested layer indices."""
+
+    def valid_tokens(self, num_real: int, num_total: int) -> int:
+        """How many leading (time-major) tokens of a clip padded from `num_real` to `num_total` samples
+        carry real audio: every time step that overlaps real samples counts."""
+        n_time, n_freq = self.token_grid(num_total)
+        if num_real >= num_total:
+            return n_time * n_freq
+        return min(n_time, math.ceil(n_time * num_real / num_total)) * n_freq
+
+
+def resolve_layers(spec: str | Sequence[int], num_layers: int) -> list[int]:
+    """Turn "last", "all", "-1,-4" or a list of ints into sorted, unique, non-negative layer indices."""
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text == "last":
+            return [num_layers - 1]
+        if text == "all":
+            return list(range(num_layers))
+        try:
+            items = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(f"--layers {spec!r}: use 'last', 'all' or comma-separated integers like '-1,-4'")
+    else:
+        items = [int(i) for i in spec]
+    if not items:
+        raise ValueError("--layers is empty: use 'last', 'all' or integers like '-1,-4'")
+    resolved = set()
+    for index in items:
+        absolute = index + num_layers if index < 0 else index
+        if not 0 <= absolute < num_layers:
+            raise ValueError(f"--layers: layer {index} does not exist; this encoder has layers 0..{num_layers - 1}")
+        resolved.add(absolute)
+    return sorted(resolved)
