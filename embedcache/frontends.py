@@ -1,0 +1,137 @@
+"""Feature front ends (waveform -> normalised spectrogram), each configured by a small dataclass an encoder carries."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchaudio.compliance import kaldi
+
+from embedcache.errors import ConfigError
+
+_KALDI_WINDOWS = ("hanning", "povey", "hamming", "rectangular", "blackman")
+
+
+@dataclass(frozen=True)
+class KaldiFbankConfig:
+    """Kaldi-compatible log-mel filterbank (torchaudio.compliance.kaldi.fbank) plus the model's normalisation.
+
+    Output features are `(fbank - mean) / (std * std_factor)`, laid out [B, frames, num_mel_bins] (time first).
+    `target_frames` pads (zeros in the log domain, before normalisation, at the end) or crops to a fixed length;
+    None keeps every frame.
+    """
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 128
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    window_type: str = "hanning"
+    # BEATs multiplies the float waveform by 2**15 (int16 scale); the others feed it as is.
+    waveform_scale: float = 1.0
+    # AudioMAE/AST/EAT subtract each clip's waveform mean before framing.
+    remove_waveform_mean: bool = True
+    htk_compat: bool = True
+    mean: float = -4.2677393
+    std: float = 4.5689974
+    std_factor: float = 2.0
+    target_frames: int | None = 1024
+
+    def __post_init__(self):
+        if self.window_type not in _KALDI_WINDOWS:
+            raise ConfigError(f"kaldi fbank: window_type {self.window_type!r} is not one of {_KALDI_WINDOWS}")
+        if self.target_frames is not None and self.target_frames < 1:
+            raise ConfigError(f"kaldi fbank: target_frames must be positive or None, got {self.target_frames}")
+
+    @property
+    def window_samples(self) -> int:
+        return round(self.sample_rate * self.frame_length_ms / 1000)
+
+    @property
+    def hop_samples(self) -> int:
+        return round(self.sample_rate * self.frame_shift_ms / 1000)
+
+    def raw_frames(self, num_samples: int) -> int:
+        """Frames kaldi produces for `num_samples` (snip_edges=True), before padding/cropping."""
+        if num_samples < self.window_samples:
+            return 0
+        return 1 + (num_samples - self.window_samples) // self.hop_samples
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames the model sees for `num_samples`, after padding/cropping to `target_frames`."""
+        return self.target_frames if self.target_frames is not None else self.raw_frames(num_samples)
+
+    def describe(self) -> dict:
+        """JSON-able description recorded in the store's provenance."""
+        return {"kind": "kaldi-fbank", "implementation": "torchaudio.compliance.kaldi.fbank", **dataclasses.asdict(self)}
+
+
+def beats_fbank_config() -> KaldiFbankConfig:
+    """BEATs: waveform x 2^15, povey window, no mean removal, (x - 15.41663) / (2 * 6.55582), any length."""
+    return KaldiFbankConfig(
+        window_type="povey",
+        waveform_scale=2.0**15,
+        remove_waveform_mean=False,
+        htk_compat=False,
+        mean=15.41663,
+        std=6.55582,
+        target_frames=None,
+    )
+
+
+def audioset_fbank_config(target_frames: int | None = 1024) -> KaldiFbankConfig:
+    """AudioMAE / AST: mean removed, hanning, htk_compat, 128 bins, AudioSet stats (-4.2677393, 4.5689974)."""
+    return KaldiFbankConfig(target_frames=target_frames)
+
+
+def eat_fbank_config(target_frames: int | None = 1024) -> KaldiFbankConfig:
+    """EAT / SSLAM: the AudioMAE fbank normalised with EAT's rounded AudioSet stats (-4.268, 4.569)."""
+    return KaldiFbankConfig(mean=-4.268, std=4.569, target_frames=target_frames)
+
+
+class KaldiFbank(torch.nn.Module):
+    """Waveform batch [B, S] -> normalised Kaldi fbank [B, frames, num_mel_bins], one clip at a time like Kaldi."""
+
+    def __init__(self, config: KaldiFbankConfig):
+        super().__init__()
+        self.config = config
+
+    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """Un-normalised, un-padded log-mel [B, raw_frames, num_mel_bins] (the Kaldi output itself)."""
+        cfg = self.config
+        if wave.dim() != 2:
+            raise ConfigError(f"kaldi fbank expects a waveform batch [B, S], got shape {tuple(wave.shape)}")
+        if wave.shape[-1] < cfg.window_samples:
+            raise ConfigError(
+                f"kaldi fbank: a clip of {wave.shape[-1]} samples is shorter than one "
+                f"{cfg.frame_length_ms} ms frame ({cfg.window_samples} samples); pad the audio or set clip_seconds"
+            )
+        rows = []
+        for item in wave.float():
+            item = item * cfg.waveform_scale
+            if cfg.remove_waveform_mean:
+                item = item - item.mean()
+            rows.append(
+                kaldi.fbank(
+                    item.unsqueeze(0),
+                    htk_compat=cfg.htk_compat,
+                    sample_frequency=cfg.sample_rate,
+                    use_energy=False,
+                    window_type=cfg.window_type,
+                    num_mel_bins=cfg.num_mel_bins,
+                    dither=0.0,
+                    frame_length=cfg.frame_length_ms,
+                    frame_shift=cfg.frame_shift_ms,
+                )
+            )
+        return torch.stack(rows)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        fbank = self.log_mel(wave)
+        if cfg.target_frames is not None:
+            missing = cfg.target_frames - fbank.shape[1]
+            # Zeros in the log domain, before normalisation, as the official dataloaders pad.
+            fbank = F.pad(fbank, (0, 0, 0, missing)) if missing > 0 else fbank[:, : cfg.target_frames]
+        return (fbank - cfg.mean) / (cfg.std * cfg.std_factor)
