@@ -1,0 +1,7 @@
+"""The Zarr v3 token store: layout, writer, reader."""
+
+from embedcache.store.from_arrays import write_store
+from embedcache.store.reader import TokenStore
+from embedcache.store.writer import StoreSpec
+
+__all__ = ["StoreSpec", "TokenStore", "write_store"]

@@ -1,0 +1,78 @@
+"""The token store's layout: array names, dtypes, chunking and the attribute schema (format version 1).
+
+A store is a plain Zarr v3 group that anyone can open with `zarr.open_group` and no embedcache:
+
+    zarr.json                  attributes["embedcache"] = {format_version, status, layout, provenance, fingerprint, skipped}
+    tokens/layer_<i>           [N, T, D] patch tokens of block i, time-major (t * n_freq + f); chunks = whole clips
+    prefix/layer_<i>           [N, P, D] prefix (cls, distillation) tokens of block i; absent when P = 0
+    valid_tokens               [N] int32: row n's first valid_tokens[n] tokens hold real audio, the rest is padding
+    num_samples                [N] int64: real samples of the clip before padding/cropping
+    labels                     [N, C] uint8 multi-hot, columns in layout.label_names order
+    splits                     [N] uint8 codes into layout.split_names
+    clip_ids                   [N] UTF-8 strings
+    chunk_done                 [n_chunks] uint8 completion markers, one object per chunk, set after its data is written
+
+bfloat16 has no numpy dtype: it is stored as its raw uint16 bits, with layout.dtype = "bfloat16".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+ATTRS_KEY = "embedcache"
+STATUS_WRITING = "writing"
+STATUS_COMPLETE = "complete"
+
+# Uncompressed bytes per token chunk to aim for: a few MB keeps object-store reads efficient
+# and lets a streaming reader shuffle at chunk granularity.
+TARGET_CHUNK_BYTES = 4 * 1024 * 1024
+
+DTYPES = ("float16", "bfloat16", "float32")
+_STORED_NUMPY = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}
+_TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def tokens_path(layer: int) -> str:
+    return f"tokens/layer_{layer}"
+
+
+def prefix_path(layer: int) -> str:
+    return f"prefix/layer_{layer}"
+
+
+def stored_numpy_dtype(dtype: str) -> type:
+    """The numpy dtype that holds `dtype` on disk (bfloat16 -> its uint16 bits)."""
+    if dtype not in _STORED_NUMPY:
+        raise ValueError(f"dtype {dtype!r} is not supported: choose one of {', '.join(DTYPES)}")
+    return _STORED_NUMPY[dtype]
+
+
+def torch_dtype(dtype: str) -> torch.dtype:
+    return _TORCH[dtype]
+
+
+def itemsize(dtype: str) -> int:
+    return np.dtype(stored_numpy_dtype(dtype)).itemsize
+
+
+def to_stored(tensor: torch.Tensor, dtype: str) -> np.ndarray:
+    """Tensor -> numpy array in the on-disk representation of `dtype`."""
+    converted = tensor.detach().to("cpu", torch_dtype(dtype)).contiguous()
+    if dtype == "bfloat16":
+        return converted.view(torch.int16).numpy().view(np.uint16)
+    return converted.numpy()
+
+
+def from_stored(array: np.ndarray, dtype: str) -> torch.Tensor:
+    """On-disk numpy array -> tensor of `dtype`."""
+    if dtype == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def choose_chunk_clips(num_tokens: int, embed_dim: int, dtype: str, n_clips: int) -> int:
+    """Clips per chunk so one layer's chunk holds about TARGET_CHUNK_BYTES."""
+    clip_bytes = max(1, num_tokens * embed_dim * itemsize(dtype))
+    return int(max(1, min(n_clips, round(TARGET_CHUNK_BYTES / clip_bytes))))

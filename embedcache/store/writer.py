@@ -1,0 +1,240 @@
+"""Creating, resuming and filling token stores, one whole-clip chunk at a time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import shutil
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from embedcache.errors import StoreError
+from embedcache.store import layout
+
+
+@dataclass
+class StoreSpec:
+    """Shapes and naming of a store: everything needed to create its arrays."""
+
+    n_clips: int
+    num_tokens: int
+    num_prefix: int
+    embed_dim: int
+    grid: tuple[int, int]
+    layers: list[int]
+    dtype: str
+    chunk_clips: int
+    label_names: list[str]
+    split_names: list[str]
+    compression: str = "zstd"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_clips // self.chunk_clips)
+
+    def chunk_range(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_clips
+        return start, min(self.n_clips, start + self.chunk_clips)
+
+    def token_nbytes(self) -> int:
+        """Uncompressed bytes of all token and prefix arrays."""
+        per_clip = (self.num_tokens + self.num_prefix) * self.embed_dim * layout.itemsize(self.dtype)
+        return self.n_clips * per_clip * len(self.layers)
+
+    def to_attrs(self) -> dict:
+        attrs = asdict(self)
+        attrs["grid"] = list(self.grid)
+        return attrs
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> StoreSpec:
+        values = dict(attrs)
+        values["grid"] = tuple(values["grid"])
+        return cls(**values)
+
+
+def _codecs(compression: str) -> list:
+    # crc32c on every chunk so corruption is detected on read, compressed or not.
+    if compression == "zstd":
+        return [ZstdCodec(level=1), Crc32cCodec()]
+    if compression == "none":
+        return [Crc32cCodec()]
+    raise StoreError(f"compression {compression!r} is not supported: use 'zstd' or 'none'")
+
+
+def create_store(
+    path: str | Path,
+    spec: StoreSpec,
+    clip_ids: Sequence[str],
+    labels: np.ndarray,
+    split_codes: np.ndarray,
+    num_samples: np.ndarray,
+    provenance: dict,
+    fingerprint: str,
+    skipped: Sequence[dict] = (),
+) -> zarr.Group:
+    """Create an empty store (status "writing") with every per-clip array except the tokens filled in."""
+    group = zarr.open_group(str(path), mode="w-")
+    n = spec.n_clips
+    codecs = _codecs(spec.compression)
+    for layer in spec.layers:
+        group.create_array(
+            layout.tokens_path(layer),
+            shape=(n, spec.num_tokens, spec.embed_dim),
+            chunks=(spec.chunk_clips, spec.num_tokens, spec.embed_dim),
+            dtype=layout.stored_numpy_dtype(spec.dtype),
+            compressors=codecs,
+            fill_value=0,
+        )
+        if spec.num_prefix:
+            group.create_array(
+                layout.prefix_path(layer),
+                shape=(n, spec.num_prefix, spec.embed_dim),
+                chunks=(spec.chunk_clips, spec.num_prefix, spec.embed_dim),
+                dtype=layout.stored_numpy_dtype(spec.dtype),
+                compressors=codecs,
+                fill_value=0,
+            )
+    small = dict(chunks=(max(1, n),), compressors=codecs)
+    group.create_array("valid_tokens", shape=(n,), dtype="int32", chunks=(spec.chunk_clips,), compressors=codecs)
+    group.create_array("num_samples", shape=(n,), dtype="int64", **small)[:] = np.asarray(num_samples, np.int64)
+    group.create_array(
+        "labels", shape=(n, len(spec.label_names)), dtype="uint8",
+        chunks=(max(1, n), max(1, len(spec.label_names))), compressors=codecs,
+    )[:] = labels
+    group.create_array("splits", shape=(n,), dtype="uint8", **small)[:] = split_codes
+    group.create_array("clip_ids", shape=(n,), dtype=str, chunks=(max(1, n),))[:] = np.asarray(clip_ids, dtype=str)
+    group.create_array("chunk_done", shape=(spec.n_chunks,), dtype="uint8", chunks=(1,), fill_value=0)
+    # Root attributes last: a reader that sees them sees a fully created (if not yet filled) store.
+    group.attrs[layout.ATTRS_KEY] = {
+        "format_version": layout.FORMAT_VERSION,
+        "status": layout.STATUS_WRITING,
+        "layout": spec.to_attrs(),
+        "provenance": provenance,
+        "fingerprint": fingerprint,
+        "skipped": list(skipped),
+    }
+    return group
+
+
+def store_attrs(group: zarr.Group) -> dict:
+    """The embedcache attributes of a group, or a StoreError if it is not an embedcache store."""
+    attrs = group.attrs.asdict().get(layout.ATTRS_KEY)
+    if not isinstance(attrs, dict) or "layout" not in attrs:
+        raise StoreError(f"{group.store}: not an embedcache token store (no '{layout.ATTRS_KEY}' attributes)")
+    version = attrs.get("format_version")
+    if version != layout.FORMAT_VERSION:
+        raise StoreError(
+            f"{group.store}: store format version {version}, this embedcache reads version {layout.FORMAT_VERSION}"
+        )
+    return attrs
+
+
+def open_for_resume(path: str | Path, fingerprint: str, fingerprint_fields: dict) -> zarr.Group | None:
+    """Open an existing store to resume it, None when nothing is there; refuse one made with other settings."""
+    try:
+        group = zarr.open_group(str(path), mode="r+")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return None
+    attrs = store_attrs(group)
+    if attrs["fingerprint"] != fingerprint:
+        old = attrs["provenance"].get("fingerprint_fields", {})
+        changed = sorted(key for key in set(old) | set(fingerprint_fields) if old.get(key) != fingerprint_fields.get(key))
+        raise StoreError(
+            f"{path}: a store made with different settings is already there "
+            f"(differs in: {', '.join(changed) or 'unknown fields'}); resume with the same arguments, "
+            "choose another --out, or pass --overwrite to replace it"
+        )
+    return group
+
+
+def remove_store(path: str | Path) -> None:
+    """Delete a local store directory (used by --overwrite)."""
+    target = Path(path)
+    if target.exists():
+        if not (target / "zarr.json").exists():
+            raise StoreError(f"{target}: refusing to overwrite a directory that is not a Zarr store")
+        shutil.rmtree(target)
+
+
+def pending_chunks(group: zarr.Group) -> np.ndarray:
+    """Indices of chunks whose completion marker is not set."""
+    return np.flatnonzero(group["chunk_done"][:] == 0)
+
+
+def write_chunk(
+    group: zarr.Group,
+    spec: StoreSpec,
+    chunk: int,
+    tokens: dict[int, np.ndarray],
+    prefix: dict[int, np.ndarray],
+    valid_tokens: np.ndarray,
+) -> None:
+    """Write one chunk's arrays (already in the stored dtype), then set its completion marker."""
+    start, stop = spec.chunk_range(chunk)
+    for layer in spec.layers:
+        group[layout.tokens_path(layer)][start:stop] = tokens[layer]
+        if spec.num_prefix:
+            group[layout.prefix_path(layer)][start:stop] = prefix[layer]
+    group["valid_tokens"][start:stop] = valid_tokens
+    group["chunk_done"][chunk] = 1
+
+
+def mark_complete_if_done(group: zarr.Group) -> bool:
+    """Set status "complete" once every chunk marker is set; returns whether the store is complete."""
+    if len(pending_chunks(group)):
+        return False
+    attrs = dict(group.attrs[layout.ATTRS_KEY])
+    if attrs["status"] != layout.STATUS_COMPLETE:
+        attrs["status"] = layout.STATUS_COMPLETE
+        group.attrs[layout.ATTRS_KEY] = attrs
+    return True
+
+
+class BackgroundChunkWriter:
+    """Writes chunks on a thread so compression and I/O overlap the encoder's forward pass."""
+
+    def __init__(self, group: zarr.Group, spec: StoreSpec, max_pending: int = 3):
+        self._group, self._spec = group, spec
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="embedcache-chunk-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    write_chunk(self._group, self._spec, *item)
+                except BaseException as error:  # re-raised in the caller's thread
+                    self._error = error
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise StoreError(f"writing to {self._group.store} failed: {self._error}") from self._error
+
+    def submit(self, chunk: int, tokens: dict, prefix: dict, valid_tokens: np.ndarray) -> None:
+        self._raise_if_failed()
+        self._queue.put((chunk, tokens, prefix, valid_tokens))
+
+    def close(self) -> None:
+        """Wait for every submitted chunk to be written; raise if any write failed."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_if_failed()
+
+
+def fingerprint_of(fields: dict) -> str:
+    """A stable hash of the settings that determine a store's bytes."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
