@@ -42,7 +42,9 @@ class KaldiFbankConfig:
         if self.window_type not in _KALDI_WINDOWS:
             raise ConfigError(f"kaldi fbank: window_type {self.window_type!r} is not one of {_KALDI_WINDOWS}")
         if self.target_frames is not None and self.target_frames < 1:
-            raise ConfigError(f"kaldi fbank: target_frames must be positive or None, got {self.target_frames}")
+            raise ConfigError(
+                f"kaldi fbank: target_frames must be positive or None, got {self.target_frames}"
+            )
 
     @property
     def window_samples(self) -> int:
@@ -64,7 +66,11 @@ class KaldiFbankConfig:
 
     def describe(self) -> dict:
         """JSON-able description recorded in the store's provenance."""
-        return {"kind": "kaldi-fbank", "implementation": "torchaudio.compliance.kaldi.fbank", **dataclasses.asdict(self)}
+        return {
+            "kind": "kaldi-fbank",
+            "implementation": "torchaudio.compliance.kaldi.fbank",
+            **dataclasses.asdict(self),
+        }
 
 
 def beats_fbank_config() -> KaldiFbankConfig:

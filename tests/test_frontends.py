@@ -26,8 +26,12 @@ def test_audioset_fbank_matches_ast_fixture_raw_and_padded(encoder_fixtures):
     frontend = KaldiFbank(audioset_fbank_config())
     raw = frontend.log_mel(wave).numpy()
     features = frontend(wave).numpy()
-    np.testing.assert_allclose(raw, np.load(encoder_fixtures / "ast" / "expected_fbank_raw.npy"), atol=1e-3, rtol=0)
-    np.testing.assert_allclose(features, np.load(encoder_fixtures / "ast" / "expected_fbank.npy"), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        raw, np.load(encoder_fixtures / "ast" / "expected_fbank_raw.npy"), atol=1e-3, rtol=0
+    )
+    np.testing.assert_allclose(
+        features, np.load(encoder_fixtures / "ast" / "expected_fbank.npy"), atol=1e-4, rtol=0
+    )
     assert features.shape == (1, 1024, 128)
 
 
@@ -35,7 +39,9 @@ def test_beats_fbank_matches_beats_fixture(encoder_fixtures):
     wave = _input(encoder_fixtures, "beats")
     features = KaldiFbank(beats_fbank_config())(wave).numpy()
     assert features.shape == (1, 298, 128)
-    np.testing.assert_allclose(features, np.load(encoder_fixtures / "beats" / "expected_fbank.npy"), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        features, np.load(encoder_fixtures / "beats" / "expected_fbank.npy"), atol=1e-4, rtol=0
+    )
 
 
 def test_eat_fbank_uses_rounded_constants_on_the_same_log_mel(encoder_fixtures):
