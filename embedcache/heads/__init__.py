@@ -1,0 +1,71 @@
+"""Probe heads on cached tokens, created by name: linear, mlp, attentive, proto, protofloat, protobin."""
+
+from __future__ import annotations
+
+import inspect
+
+from embedcache.errors import ConfigError
+from embedcache.heads.attentive import AttentiveHead
+from embedcache.heads.base import ProbeHead, TokenBatch, masked_max
+from embedcache.heads.pooled import POOLINGS, LinearHead, MLPHead
+from embedcache.heads.prototype import (
+    ProtoBinHead,
+    ProtoFloatHead,
+    ProtoHead,
+    default_prototypes_per_class,
+    unpack_prototypes,
+)
+
+__all__ = [
+    "HEAD_KINDS",
+    "POOLINGS",
+    "AttentiveHead",
+    "LinearHead",
+    "MLPHead",
+    "ProbeHead",
+    "ProtoBinHead",
+    "ProtoFloatHead",
+    "ProtoHead",
+    "TokenBatch",
+    "create",
+    "default_prototypes_per_class",
+    "head_options",
+    "masked_max",
+    "unpack_prototypes",
+]
+
+_CLASSES: dict[str, type[ProbeHead]] = {
+    "linear": LinearHead,
+    "mlp": MLPHead,
+    "attentive": AttentiveHead,
+    "proto": ProtoHead,
+    "protofloat": ProtoFloatHead,
+    "protobin": ProtoBinHead,
+}
+HEAD_KINDS = tuple(_CLASSES)
+
+_STRUCTURAL = ("self", "num_classes", "embed_dim", "has_prefix")
+
+
+def head_options(kind: str) -> dict:
+    """The options a head kind accepts, with their defaults (None = chosen from the data, e.g. J or num_heads)."""
+    head_class = _head_class(kind)
+    parameters = inspect.signature(head_class.__init__).parameters
+    return {name: p.default for name, p in parameters.items() if name not in _STRUCTURAL}
+
+
+def create(kind: str, num_classes: int, embed_dim: int, has_prefix: bool = False, **options) -> ProbeHead:
+    """Build a probe head by kind; `generator=` (a torch.Generator) makes its init independent of anything else."""
+    allowed = head_options(kind)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{kind} head: unknown option(s) {', '.join(unknown)}; it accepts {', '.join(sorted(allowed))}"
+        )
+    return _CLASSES[kind](num_classes=num_classes, embed_dim=embed_dim, has_prefix=has_prefix, **options)
+
+
+def _head_class(kind: str) -> type[ProbeHead]:
+    if kind not in _CLASSES:
+        raise ConfigError(f"unknown head kind {kind!r}: choose one of {', '.join(HEAD_KINDS)}")
+    return _CLASSES[kind]

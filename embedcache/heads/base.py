@@ -1,0 +1,158 @@
+"""What every probe head reads (a masked token batch) and what every probe head offers (the ProbeHead base)."""
+
+from __future__ import annotations
+
+import abc
+import math
+from functools import cached_property
+
+import torch
+from torch import nn
+
+from embedcache.errors import ConfigError
+
+
+class TokenBatch:
+    """A batch of cached tokens with its validity mask, and the pooled quantities many heads share.
+
+    tokens: [B, T, D] float; mask: [B, T] bool, True for a real token (None: all real);
+    prefix: [B, P, D] (cls etc.) or None. Every derived quantity is computed on first use and cached, so a bank of
+    heads reading the same batch pays for it once. Padding tokens never reach any derived quantity.
+    """
+
+    def __init__(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, prefix: torch.Tensor | None = None):
+        if tokens.dim() != 3:
+            raise ValueError(f"TokenBatch: tokens must be [B, T, D], got shape {tuple(tokens.shape)}")
+        batch, length, dim = tokens.shape
+        if mask is None:
+            mask = torch.ones(batch, length, dtype=torch.bool, device=tokens.device)
+        if mask.shape != (batch, length):
+            raise ValueError(f"TokenBatch: mask must be [B, T] = {(batch, length)}, got {tuple(mask.shape)}")
+        if prefix is not None and (prefix.dim() != 3 or prefix.shape[0] != batch or prefix.shape[2] != dim):
+            raise ValueError(f"TokenBatch: prefix must be [B, P, D] with B={batch}, D={dim}, got {tuple(prefix.shape)}")
+        self.tokens = tokens
+        self.mask = mask.to(torch.bool)
+        self.prefix = prefix
+
+    @property
+    def embed_dim(self) -> int:
+        """D, the token width."""
+        return self.tokens.shape[-1]
+
+    @cached_property
+    def counts(self) -> torch.Tensor:
+        """Number of real tokens per clip [B] (long)."""
+        return self.mask.sum(dim=1)
+
+    @cached_property
+    def has_tokens(self) -> torch.Tensor:
+        """Whether a clip has at least one real token [B] (bool); all-padding rows pool to zeros."""
+        return self.counts > 0
+
+    @cached_property
+    def clean(self) -> torch.Tensor:
+        """Tokens with every padding position set to 0 [B, T, D], so no padding value (even inf/NaN) can leak."""
+        if bool(self.mask.all()):
+            return self.tokens
+        return torch.where(self.mask.unsqueeze(-1), self.tokens, torch.zeros((), dtype=self.tokens.dtype,
+                                                                             device=self.tokens.device))
+
+    @cached_property
+    def normalized(self) -> torch.Tensor:
+        """L2-normalised tokens [B, T, D]; padding positions are zero vectors."""
+        return nn.functional.normalize(self.clean, dim=-1)
+
+    @cached_property
+    def mean(self) -> torch.Tensor:
+        """Mean over real tokens [B, D]; zeros for a clip with no real token."""
+        total = self.clean.sum(dim=1)
+        return total / self.counts.clamp(min=1).unsqueeze(-1).to(total.dtype)
+
+    @cached_property
+    def max(self) -> torch.Tensor:
+        """Element-wise max over real tokens [B, D]; zeros for a clip with no real token."""
+        return masked_max(self.tokens, self.mask)
+
+    @cached_property
+    def cls(self) -> torch.Tensor | None:
+        """The first prefix token [B, D] (the cls token of encoders that have one), or None."""
+        if self.prefix is None or self.prefix.shape[1] == 0:
+            return None
+        return self.prefix[:, 0]
+
+
+def masked_max(values: torch.Tensor, mask: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Max over dim 1 of values [B, T, K] at positions where mask [B, T] is True -> [B, K]; 0 where a row has none.
+
+    With inplace=True, `values` is overwritten (padding set to -inf) to spare a [B, T, K] copy; use it only on a
+    fresh intermediate whose values no autograd node saved (a matmul output is fine).
+    """
+    fill = mask.logical_not().unsqueeze(-1)
+    filled = values.masked_fill_(fill, -math.inf) if inplace else values.masked_fill(fill, -math.inf)
+    # max(dim) keeps only the argmax indices for backward, not the [B, T, K] input.
+    best, _ = filled.max(dim=1)
+    return torch.where(mask.any(dim=1, keepdim=True), best, torch.zeros((), dtype=best.dtype, device=best.device))
+
+
+class ProbeHead(nn.Module, metaclass=abc.ABCMeta):
+    """Base class: `forward(batch) -> logits [B, C]`, plus the plain-data config that rebuilds the head."""
+
+    kind: str = "head"
+
+    def __init__(self, num_classes: int, embed_dim: int, has_prefix: bool = False):
+        super().__init__()
+        if num_classes < 1 or embed_dim < 1:
+            raise ConfigError(
+                f"{self.kind} head: num_classes={num_classes} and embed_dim={embed_dim} must both be >= 1"
+            )
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.has_prefix = has_prefix
+        self._options: dict = {}
+
+    @property
+    def config(self) -> dict:
+        """Plain data that rebuilds this head with `heads.create(**config)` (random state excluded)."""
+        return {
+            "kind": self.kind,
+            "num_classes": self.num_classes,
+            "embed_dim": self.embed_dim,
+            "has_prefix": self.has_prefix,
+            **self._options,
+        }
+
+    @abc.abstractmethod
+    def forward(self, batch: TokenBatch) -> torch.Tensor:
+        """Logits [B, C] for a token batch."""
+
+    def auxiliary_loss(self) -> torch.Tensor:
+        """A scalar added to the task loss; zero unless the head has a regulariser of its own."""
+        reference = next(self.parameters())
+        return reference.new_zeros(())
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameter values."""
+        return sum(parameter.numel() for parameter in self.parameters() if parameter.requires_grad)
+
+    def _check_dim(self, batch: TokenBatch) -> None:
+        if batch.embed_dim != self.embed_dim:
+            raise ConfigError(
+                f"{self.kind} head was built for embed_dim={self.embed_dim} but the tokens have D={batch.embed_dim}; "
+                "build the head with the store's embed_dim"
+            )
+
+
+def init_linear(layer: nn.Linear, generator: torch.Generator | None) -> nn.Linear:
+    """PyTorch's default nn.Linear init (kaiming-uniform weight, uniform bias), drawn from `generator`."""
+    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+    if layer.bias is not None:
+        bound = 1.0 / math.sqrt(layer.in_features)
+        nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return layer
+
+
+def make_linear(in_features: int, out_features: int, bias: bool, generator: torch.Generator | None) -> nn.Linear:
+    """An nn.Linear initialised only from `generator`, leaving the global RNG untouched."""
+    # skip_init builds on the meta device, so construction draws nothing from the global RNG.
+    layer = nn.utils.skip_init(nn.Linear, in_features, out_features, bias=bias)
+    return init_linear(layer, generator)

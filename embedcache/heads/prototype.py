@@ -1,0 +1,152 @@
+"""Prototype heads on the token map: `proto` (Bird-MAE, class-bound), `protofloat` and `protobin` (Unmute the Patch
+Tokens, class-agnostic; protobin binarises its prototypes with a straight-through estimator)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedcache.errors import ConfigError
+from embedcache.heads.base import ProbeHead, TokenBatch, make_linear, masked_max
+
+
+def default_prototypes_per_class(num_classes: int) -> int:
+    """The paper's J: 20 prototypes per class, 10 when there are more than 500 classes (as20k)."""
+    return 10 if num_classes > 500 else 20
+
+
+def binarize(prototypes: torch.Tensor) -> torch.Tensor:
+    """sign(p) in {-1, +1} (0 -> +1) in the forward pass, identity gradient to `prototypes` in the backward pass."""
+    signs = torch.where(prototypes >= 0, 1.0, -1.0).to(prototypes.dtype)
+    return signs + (prototypes - prototypes.detach())
+
+
+def prototype_scores(batch: TokenBatch, prototypes: torch.Tensor) -> torch.Tensor:
+    """Max over real tokens of the cosine similarity to each prototype: [B, J] for prototypes [J, D]."""
+    unit = nn.functional.normalize(prototypes, dim=-1).to(batch.normalized.dtype)
+    # One matmul on the batch's shared unit tokens: [B, T, D] x [D, J] -> [B, T, J]; padding rows are zero vectors.
+    similarity = torch.matmul(batch.normalized, unit.t())
+    return masked_max(similarity, batch.mask, inplace=True)
+
+
+def pack_signs(prototypes: torch.Tensor) -> dict:
+    """The signs of prototypes [J, D] packed 1 bit per value (bit 1 = +1, 0 = -1, big-endian within a byte)."""
+    signs = (prototypes.detach() >= 0).cpu().numpy().reshape(-1)
+    return {
+        "bits": np.packbits(signs, bitorder="big"),
+        "shape": [int(size) for size in prototypes.shape],
+        "encoding": "sign-bits",
+    }
+
+
+def unpack_prototypes(packed: dict) -> torch.Tensor:
+    """The binary prototypes [J, D] (float32, values -1/+1) from `pack_signs` / `packed_prototypes` output."""
+    shape = tuple(int(size) for size in packed["shape"])
+    count = int(np.prod(shape))
+    bits = np.asarray(packed["bits"], dtype=np.uint8)
+    if bits.size * 8 < count:
+        raise ValueError(f"packed prototypes: {bits.size} bytes cannot hold shape {shape} ({count} bits)")
+    signs = np.unpackbits(bits, count=count, bitorder="big").reshape(shape)
+    return torch.from_numpy(signs.astype(np.float32) * 2.0 - 1.0)
+
+
+class ProtoHead(ProbeHead):
+    """`proto`, the Bird-MAE prototypical probe (ppnet as configured for Bird-MAE), on cached tokens.
+
+    J prototypes per class [C * J, D], class c owning rows c*J .. c*J+J-1, initialised uniform in [0, 1) as ppnet.
+    Score of prototype j: ReLU(max over real tokens of cos(token, p_j)). Logit of class c: the non-negative
+    (ReLU'd) weighted sum of its own J scores plus a bias, weights initialised to 1 and bias to -2 (ppnet's
+    correct_class_connection / bias_last_layer). ppnet's epsilon channels, which only guard zero-length vectors,
+    are replaced by F.normalize's eps. `auxiliary_loss` is ortho_weight * ||P_c P_c^T - I||_F over all classes,
+    divided by C * J * J, with P_c the unit prototypes of class c (ppnet's orthogonality loss).
+    Parameters: C J D + C J + C.
+    """
+
+    kind = "proto"
+
+    def __init__(
+        self,
+        num_classes: int,
+        embed_dim: int,
+        has_prefix: bool = False,
+        prototypes_per_class: int | None = None,
+        ortho_weight: float = 1.0,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(num_classes, embed_dim, has_prefix)
+        per_class = default_prototypes_per_class(num_classes) if prototypes_per_class is None else prototypes_per_class
+        if per_class < 1:
+            raise ConfigError(f"proto head: prototypes_per_class={per_class} must be >= 1")
+        if ortho_weight < 0:
+            raise ConfigError(f"proto head: ortho_weight={ortho_weight} must be >= 0")
+        self.prototypes_per_class = per_class
+        self.ortho_weight = float(ortho_weight)
+        self._options = {"prototypes_per_class": per_class, "ortho_weight": self.ortho_weight}
+        self.prototypes = nn.Parameter(torch.rand(num_classes * per_class, embed_dim, generator=generator))
+        self.class_weight = nn.Parameter(torch.ones(num_classes, per_class))
+        self.bias = nn.Parameter(torch.full((num_classes,), -2.0))
+
+    def forward(self, batch: TokenBatch) -> torch.Tensor:
+        self._check_dim(batch)
+        scores = prototype_scores(batch, self.prototypes).relu()  # [B, C * J]; ReLU commutes with the max
+        scores = scores.view(-1, self.num_classes, self.prototypes_per_class)
+        weight = self.class_weight.relu().to(scores.dtype)
+        return torch.einsum("bcj,cj->bc", scores, weight) + self.bias.to(scores.dtype)
+
+    def auxiliary_loss(self) -> torch.Tensor:
+        unit = nn.functional.normalize(self.prototypes, dim=-1)
+        unit = unit.view(self.num_classes, self.prototypes_per_class, self.embed_dim)
+        gram = torch.matmul(unit, unit.transpose(1, 2))  # [C, J, J]
+        off_identity = gram - torch.eye(self.prototypes_per_class, device=gram.device, dtype=gram.dtype)
+        return self.ortho_weight * torch.linalg.vector_norm(off_identity) / off_identity.numel()
+
+
+class ProtoFloatHead(ProbeHead):
+    """`protofloat`: C * J class-agnostic prototypes, max cosine similarity over real tokens, then Linear(C*J, C).
+
+    Prototypes [C * J, D] are drawn first from the generator (0.02 * randn), then the linear layer (PyTorch's default
+    init). No orthogonality loss. Parameters: C J D + C J C + C.
+    """
+
+    kind = "protofloat"
+
+    def __init__(
+        self,
+        num_classes: int,
+        embed_dim: int,
+        has_prefix: bool = False,
+        prototypes_per_class: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(num_classes, embed_dim, has_prefix)
+        per_class = default_prototypes_per_class(num_classes) if prototypes_per_class is None else prototypes_per_class
+        if per_class < 1:
+            raise ConfigError(f"{self.kind} head: prototypes_per_class={per_class} must be >= 1")
+        self.prototypes_per_class = per_class
+        self._options = {"prototypes_per_class": per_class}
+        count = num_classes * per_class
+        self.prototypes = nn.Parameter(torch.randn(count, embed_dim, generator=generator) * 0.02)
+        self.fc = make_linear(count, num_classes, True, generator)
+
+    def active_prototypes(self) -> torch.Tensor:
+        """The prototypes [C * J, D] the forward pass compares tokens with."""
+        return self.prototypes
+
+    def forward(self, batch: TokenBatch) -> torch.Tensor:
+        self._check_dim(batch)
+        return self.fc(prototype_scores(batch, self.active_prototypes()))
+
+
+class ProtoBinHead(ProtoFloatHead):
+    """`protobin`: protofloat whose forward pass uses sign(p) in {-1, +1} (0 -> +1), with a straight-through
+    estimator so the optimiser updates the real-valued master copy; the paper's method."""
+
+    kind = "protobin"
+
+    def active_prototypes(self) -> torch.Tensor:
+        return binarize(self.prototypes)
+
+    def packed_prototypes(self) -> dict:
+        """The binary prototypes packed 1 bit per value: {"bits": uint8 array, "shape": [C*J, D], "encoding"}."""
+        return pack_signs(self.prototypes)
