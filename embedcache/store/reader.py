@@ -108,7 +108,7 @@ class TokenStore:
 
     @cached_property
     def clip_ids(self) -> np.ndarray:
-        return np.asarray(self._group["clip_ids"][:], dtype=str)
+        return np.array(self._group["clip_ids"][:].tolist(), dtype=str)
 
     @cached_property
     def split_codes(self) -> np.ndarray:

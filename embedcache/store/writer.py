@@ -111,8 +111,10 @@ def create_store(
         chunks=(max(1, n), max(1, len(spec.label_names))), compressors=codecs,
     )[:] = labels
     group.create_array("splits", shape=(n,), dtype="uint8", **small)[:] = split_codes
-    group.create_array("clip_ids", shape=(n,), dtype=str, chunks=(max(1, n),))[:] = np.asarray(clip_ids, dtype=str)
-    group.create_array("chunk_done", shape=(spec.n_chunks,), dtype="uint8", chunks=(1,), fill_value=0)
+    group.create_array("clip_ids", shape=(n,), dtype=str, **small)[:] = np.asarray(clip_ids, dtype=str)
+    group.create_array(
+        "chunk_done", shape=(spec.n_chunks,), dtype="uint8", chunks=(1,), fill_value=0, compressors=codecs
+    )
     # Root attributes last: a reader that sees them sees a fully created (if not yet filled) store.
     group.attrs[layout.ATTRS_KEY] = {
         "format_version": layout.FORMAT_VERSION,

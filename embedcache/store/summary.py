@@ -1,0 +1,94 @@
+"""A human-readable and a JSON summary of a token store (what `embedcache info` prints)."""
+
+from __future__ import annotations
+
+from embedcache.store.reader import TokenStore
+
+
+def summarize(store: TokenStore) -> dict:
+    """Counts, shapes, sizes and provenance of a store as plain data."""
+    spec, provenance = store.spec, store.provenance
+    split_counts = {name: int(len(store.split_indices(name))) for name in store.split_names}
+    positives = store.labels.sum(axis=0)
+    raw = spec.token_nbytes()
+    disk = store.disk_nbytes()
+    encoder = provenance.get("encoder", {})
+    return {
+        "path": store.path,
+        "status": store.status,
+        "clips": store.n_clips,
+        "splits": split_counts,
+        "skipped": store.skipped,
+        "labels": {name: int(count) for name, count in zip(store.label_names, positives)},
+        "multilabel": store.is_multilabel,
+        "encoder": {
+            "name": encoder.get("name"),
+            "random_init": encoder.get("random_init"),
+            "checkpoint": encoder.get("checkpoint"),
+            "checkpoint_sha256": encoder.get("checkpoint_sha256"),
+        },
+        "layers": store.layers,
+        "grid": list(store.grid),
+        "tokens": store.num_tokens,
+        "prefix_tokens": store.num_prefix,
+        "embed_dim": store.embed_dim,
+        "dtype": store.dtype,
+        "chunks": {"count": spec.n_chunks, "clips_per_chunk": spec.chunk_clips, "compression": spec.compression},
+        "valid_tokens": {"min": int(store.valid_tokens.min()), "max": int(store.valid_tokens.max())},
+        "bytes": {"raw_tokens": raw, "on_disk": disk, "raw_float16_tokens": _fp16_bytes(spec)},
+        "provenance": {
+            "created": provenance.get("created"),
+            "device": provenance.get("host", {}).get("device"),
+            "versions": provenance.get("versions"),
+            "manifest": provenance.get("manifest"),
+            "clip_policy": provenance.get("clip_policy"),
+            "frontend": provenance.get("frontend"),
+        },
+    }
+
+
+def _fp16_bytes(spec) -> int:
+    return spec.n_clips * (spec.num_tokens + spec.num_prefix) * spec.embed_dim * 2 * len(spec.layers)
+
+
+def _mb(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 1e6:.2f} MB"
+
+
+def format_summary(summary: dict) -> str:
+    """The text `embedcache info` prints."""
+    s = summary
+    splits = ", ".join(f"{name} {count}" for name, count in s["splits"].items())
+    labels = ", ".join(f"{name} ({count})" for name, count in s["labels"].items())
+    encoder = s["encoder"]
+    origin = "random init (smoke runs only)" if encoder["random_init"] else (encoder["checkpoint"] or "no weights")
+    sha = encoder["checkpoint_sha256"]
+    grid = s["grid"]
+    chunks = s["chunks"]
+    size = s["bytes"]
+    ratio = (size["on_disk"] / size["raw_float16_tokens"]) if size["on_disk"] else float("nan")
+    provenance = s["provenance"]
+    versions = provenance.get("versions") or {}
+    lines = [
+        f"store       {s['path']}  [{s['status']}]",
+        f"clips       {s['clips']}  ({splits}); skipped {len(s['skipped'])}",
+        f"labels      {len(s['labels'])} {'multi-label' if s['multilabel'] else 'multi-class'} "
+        f"(positives): {labels}",
+        f"encoder     {encoder['name']}  weights: {origin}" + (f"  sha256 {sha[:16]}..." if sha else ""),
+        f"layers      {s['layers']}",
+        f"tokens      [N={s['clips']}, T={s['tokens']}, D={s['embed_dim']}] {s['dtype']}; grid {grid[0]} time x "
+        f"{grid[1]} freq (time-major); prefix tokens {s['prefix_tokens']}; "
+        f"valid tokens per clip {s['valid_tokens']['min']}..{s['valid_tokens']['max']}",
+        f"chunks      {chunks['count']} x {chunks['clips_per_chunk']} clips per layer; "
+        f"codecs {chunks['compression']} + crc32c",
+        f"size        {_mb(size['on_disk'])} on disk; raw tokens {_mb(size['raw_tokens'])}; "
+        f"raw float16 {_mb(size['raw_float16_tokens'])} (disk/raw fp16 = {ratio:.3f})",
+        f"clip policy {provenance.get('clip_policy')}",
+        f"frontend    {provenance.get('frontend')}",
+        f"manifest    {provenance.get('manifest')}",
+        f"created     {provenance.get('created')} on {provenance.get('device')}; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items()),
+    ]
+    for item in s["skipped"][:20]:
+        lines.append(f"  skipped   {item['clip_id']}: {item['reason']}")
+    return "\n".join(lines)
