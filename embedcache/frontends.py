@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torchaudio
 from torchaudio.compliance import kaldi
 
 from embedcache.errors import ConfigError
@@ -141,3 +142,91 @@ class KaldiFbank(torch.nn.Module):
             # Zeros in the log domain, before normalisation, as the official dataloaders pad.
             fbank = F.pad(fbank, (0, 0, 0, missing)) if missing > 0 else fbank[:, : cfg.target_frames]
         return (fbank - cfg.mean) / (cfg.std * cfg.std_factor)
+
+
+@dataclass(frozen=True)
+class MelDbConfig:
+    """torchaudio MelSpectrogram (periodic Hann, center/reflect, power 2, HTK mel) -> dB with a top_db floor.
+
+    top_db_scope "sample" floors each clip at its own max - top_db (4-D input, as ATST); "batch" uses one floor for
+    the whole batch (3-D input, as Dasheng). `minmax` = (lo, hi) maps dB linearly to [-1, 1] (ATST); None keeps dB.
+    Output is laid out [B, frames, n_mels] (time first), like the fbank.
+    """
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 60.0
+    f_max: float = 7800.0
+    top_db: float | None = 80.0
+    top_db_scope: str = "sample"
+    minmax: tuple[float, float] | None = (-79.6482, 50.6842)
+
+    def __post_init__(self):
+        if self.top_db_scope not in ("sample", "batch"):
+            raise ConfigError(f"mel-dB: top_db_scope must be 'sample' or 'batch', got {self.top_db_scope!r}")
+
+    @property
+    def num_mel_bins(self) -> int:
+        return self.n_mels
+
+    def raw_frames(self, num_samples: int) -> int:
+        """Frames for `num_samples` with center=True."""
+        return 1 + num_samples // self.hop_length
+
+    def num_frames(self, num_samples: int) -> int:
+        return self.raw_frames(num_samples)
+
+    def describe(self) -> dict:
+        """JSON-able description recorded in the store's provenance."""
+        fields = dataclasses.asdict(self)
+        fields["minmax"] = list(self.minmax) if self.minmax is not None else None
+        return {
+            "kind": "mel-db",
+            "implementation": "torchaudio.transforms.MelSpectrogram + AmplitudeToDB",
+            "window": "hann (periodic)",
+            "center": True,
+            "power": 2.0,
+            "mel_scale": "htk",
+            **fields,
+        }
+
+
+def atst_mel_config() -> MelDbConfig:
+    """ATST-Frame / ATST-Clip: 64 mels 60-7800 Hz, n_fft 1024, dB top_db 80 per clip, MinMax(-79.6482, 50.6842)."""
+    return MelDbConfig()
+
+
+class MelDb(torch.nn.Module):
+    """Waveform batch [B, S] -> mel dB (optionally min-max scaled) [B, frames, n_mels]."""
+
+    def __init__(self, config: MelDbConfig):
+        super().__init__()
+        self.config = config
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=config.sample_rate,
+            n_fft=config.n_fft,
+            win_length=config.win_length,
+            hop_length=config.hop_length,
+            n_mels=config.n_mels,
+            f_min=config.f_min,
+            f_max=config.f_max,
+        )
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if wave.dim() != 2:
+            raise ConfigError(
+                f"mel-dB front end expects a waveform batch [B, S], got shape {tuple(wave.shape)}"
+            )
+        power = self.mel(wave.float())  # [B, M, frames]
+        db = 10.0 * torch.log10(power.clamp(min=1e-10))
+        if cfg.top_db is not None:
+            peak = db.amax(dim=(1, 2), keepdim=True) if cfg.top_db_scope == "sample" else db.amax()
+            db = torch.maximum(db, peak - cfg.top_db)
+        if cfg.minmax is not None:
+            low, high = cfg.minmax
+            db = (db - low) / (high - low) * 2 - 1
+        return db.transpose(1, 2)

@@ -1,0 +1,415 @@
+"""One generic spectrogram ViT, configured per model family (AudioMAE, AST, EAT/SSLAM, ATST-Frame, random `vit`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from embedcache.encoders.base import Encoder, EncoderOutput
+from embedcache.errors import ConfigError
+from embedcache.frontends import KaldiFbank, KaldiFbankConfig, MelDb, MelDbConfig
+
+TIME_FIRST = "time_first"
+FREQ_FIRST = "freq_first"
+
+
+@dataclass(frozen=True)
+class ViTSpec:
+    """Architecture of one spectrogram ViT; sizes in (time, freq) terms whatever the input layout.
+
+    input_layout: "time_first" feeds the conv [B, 1, T, F] (tokens come out time-major), "freq_first" feeds
+      [B, 1, F, T] (tokens come out frequency-major and are reordered to time-major on output).
+    prefix: names of the prefix tokens in order ("cls", "dist"); prefix_pos: whether they take table rows.
+    pos_kind: "table" (stored/learned rows) or "sincos" (2-D sin-cos generated for each grid).
+    pos_grid: (n_time, n_freq) the table's patch rows cover, in the model's own token order.
+    pos_offset: unused table rows between the prefix rows and the first patch row (ATST's slot 0).
+    pos_resize: "crop" keeps the first time steps of the table, "interpolate" resamples it (bicubic).
+    final_norm_layers: which returned layers get the final norm: "last", "all" (ATST) or "none".
+    chunk_frames: run the transformer on chunks of this many frames and concatenate in time (None = whole clip).
+    """
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_hidden: int
+    n_freq_bins: int
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6
+    post_ln: bool = False
+    input_norm: bool = False
+    final_norm: bool = True
+    final_norm_layers: str = "last"
+    input_layout: str = TIME_FIRST
+    patch: tuple[int, int] = (16, 16)
+    stride: tuple[int, int] = (16, 16)
+    prefix: tuple[str, ...] = ("cls",)
+    prefix_pos: bool = True
+    pos_kind: str = "table"
+    pos_grid: tuple[int, int] = (64, 8)
+    pos_offset: int = 0
+    pos_resize: str = "crop"
+    chunk_frames: int | None = None
+
+    def __post_init__(self):
+        checks = [
+            (self.input_layout in (TIME_FIRST, FREQ_FIRST), f"input_layout {self.input_layout!r}"),
+            (self.pos_kind in ("table", "sincos"), f"pos_kind {self.pos_kind!r}"),
+            (self.pos_resize in ("crop", "interpolate"), f"pos_resize {self.pos_resize!r}"),
+            (
+                self.final_norm_layers in ("last", "all", "none"),
+                f"final_norm_layers {self.final_norm_layers!r}",
+            ),
+            (self.embed_dim % self.num_heads == 0, f"embed_dim {self.embed_dim} not divisible by heads"),
+            (
+                self.n_freq_bins >= self.patch[1],
+                f"n_freq_bins {self.n_freq_bins} < patch freq {self.patch[1]}",
+            ),
+        ]
+        for ok, what in checks:
+            if not ok:
+                raise ConfigError(f"vit: invalid architecture setting: {what}")
+
+    def grid(self, frames: int) -> tuple[int, int]:
+        """(n_time, n_freq) of the patches for a spectrogram of `frames` frames (no chunking)."""
+        n_time = max(0, (frames - self.patch[0]) // self.stride[0] + 1)
+        n_freq = (self.n_freq_bins - self.patch[1]) // self.stride[1] + 1
+        return n_time, n_freq
+
+
+def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """MAE 1-D sin-cos embedding: [N] positions -> [N, dim] = [sin(p w_k), cos(p w_k)], w_k = 10000^(-2k/dim)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angles = positions.to(torch.float64)[:, None] * omega[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def sincos_2d(dim: int, height: int, width: int) -> torch.Tensor:
+    """MAE 2-D sin-cos table [height * width, dim], rows row-major over (h, w); first half encodes w, second h."""
+    rows = torch.arange(height * width)
+    table = torch.cat([sincos_1d(dim // 2, rows % width), sincos_1d(dim // 2, rows // width)], dim=1)
+    return table.float()
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (timm names: qkv, proj)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, H, L, Dh]
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
+
+
+class Mlp(nn.Module):
+    """fc1 -> exact GELU -> fc2."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Transformer block, pre-LN (timm ViT) or post-LN (EAT/SSLAM AltBlock)."""
+
+    def __init__(self, spec: ViTSpec):
+        super().__init__()
+        self.post_ln = spec.post_ln
+        self.norm1 = nn.LayerNorm(spec.embed_dim, eps=spec.norm_eps)
+        self.attn = Attention(spec.embed_dim, spec.num_heads, spec.qkv_bias)
+        self.norm2 = nn.LayerNorm(spec.embed_dim, eps=spec.norm_eps)
+        self.mlp = Mlp(spec.embed_dim, spec.mlp_hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.post_ln:
+            x = self.norm1(x + self.attn(x))
+            return self.norm2(x + self.mlp(x))
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """Conv2d patch embedding in the model's own input layout (timm name: proj)."""
+
+    def __init__(self, spec: ViTSpec):
+        super().__init__()
+        kernel, stride = spec.patch, spec.stride
+        if spec.input_layout == FREQ_FIRST:
+            kernel, stride = kernel[::-1], stride[::-1]
+        self.proj = nn.Conv2d(1, spec.embed_dim, kernel_size=kernel, stride=stride)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.proj(image).flatten(2).transpose(1, 2)  # [B, N, D] in the model's own order
+
+
+class SpectrogramViT(nn.Module):
+    """The transformer on a normalised spectrogram [B, frames, bins]; parameters carry timm-style names."""
+
+    def __init__(self, spec: ViTSpec):
+        super().__init__()
+        self.spec = spec
+        dim = spec.embed_dim
+        self.patch_embed = PatchEmbed(spec)
+        for name in spec.prefix:
+            self.register_parameter(f"{name}_token", nn.Parameter(torch.zeros(1, 1, dim)))
+        if spec.pos_kind == "table":
+            rows = (len(spec.prefix) if spec.prefix_pos else 0) + spec.pos_offset + math.prod(spec.pos_grid)
+            self.pos_embed = nn.Parameter(torch.zeros(1, rows, dim))
+        self.pre_norm = nn.LayerNorm(dim, eps=spec.norm_eps) if spec.input_norm else None
+        self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.depth))
+        self.norm = nn.LayerNorm(dim, eps=spec.norm_eps) if spec.final_norm else None
+
+    def own_order_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """The grid as the conv output lays it out: (time, freq) or (freq, time)."""
+        return grid if self.spec.input_layout == TIME_FIRST else grid[::-1]
+
+    def patch_positions(self, grid: tuple[int, int]) -> torch.Tensor:
+        """Position rows [N, D] for a (n_time, n_freq) grid, in the model's own token order."""
+        spec = self.spec
+        if spec.pos_kind == "sincos":
+            return sincos_2d(spec.embed_dim, *grid).to(self.patch_embed.proj.weight.device)
+        start = (len(spec.prefix) if spec.prefix_pos else 0) + spec.pos_offset
+        table = self.pos_embed[0, start : start + math.prod(spec.pos_grid)]
+        own_full = self.own_order_grid(spec.pos_grid)
+        own_want = self.own_order_grid(grid)
+        table = table.reshape(*own_full, -1)
+        if spec.pos_resize == "crop" and (grid[1] != spec.pos_grid[1] or grid[0] > spec.pos_grid[0]):
+            raise ConfigError(
+                f"vit: a clip with a {grid[0]} x {grid[1]} (time x freq) patch grid does not fit the "
+                f"{spec.pos_grid[0]} x {spec.pos_grid[1]} position table; shorten clip_seconds or use "
+                "pos_resize='interpolate'"
+            )
+        if spec.pos_resize == "interpolate" and own_want != own_full:
+            image = table.permute(2, 0, 1).unsqueeze(0)
+            image = F.interpolate(image, size=own_want, mode="bicubic", align_corners=False)
+            table = image[0].permute(1, 2, 0)
+        elif spec.input_layout == TIME_FIRST:
+            table = table[: grid[0]]
+        else:
+            table = table[:, : grid[0]]
+        return table.reshape(-1, spec.embed_dim)
+
+    def embed(self, features: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Spectrogram [B, frames, bins] -> tokens [B, P + N, D] with positions, and the (n_time, n_freq) grid."""
+        spec = self.spec
+        grid = spec.grid(features.shape[1])
+        if grid[0] < 1:
+            raise ConfigError(
+                f"vit: {features.shape[1]} frames are fewer than one patch ({spec.patch[0]} frames); "
+                "give longer clips (clip_seconds)"
+            )
+        image = features.unsqueeze(1)  # [B, 1, T, F]
+        if spec.input_layout == FREQ_FIRST:
+            image = image.transpose(2, 3)  # [B, 1, F, T]
+        x = self.patch_embed(image) + self.patch_positions(grid).to(features.dtype)
+        if spec.prefix:
+            prefix = torch.cat([getattr(self, f"{name}_token") for name in spec.prefix], dim=1)
+            if spec.prefix_pos:
+                prefix = prefix + self.pos_embed[:, : len(spec.prefix)]
+            x = torch.cat([prefix.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        if self.pre_norm is not None:
+            x = self.pre_norm(x)
+        return x, grid
+
+    def forward(self, features: torch.Tensor, layers: Sequence[int]) -> tuple[dict[int, torch.Tensor], tuple]:
+        """Block outputs {layer: [B, P + N, D]} (own token order) for `layers`, and the grid."""
+        spec = self.spec
+        x, grid = self.embed(features)
+        wanted, outputs = set(layers), {}
+        for index, block in enumerate(self.blocks[: max(wanted) + 1]):
+            x = block(x)
+            if index in wanted:
+                last = index == spec.depth - 1
+                normed = self.norm is not None and (
+                    spec.final_norm_layers == "all" or (spec.final_norm_layers == "last" and last)
+                )
+                outputs[index] = self.norm(x) if normed else x
+        return outputs, grid
+
+    def to_time_major(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Patch tokens [B, N, D] in the model's own order -> canonical time-major (t * n_freq + f)."""
+        if self.spec.input_layout == TIME_FIRST:
+            return tokens
+        n_time, n_freq = grid
+        return tokens.reshape(tokens.shape[0], n_freq, n_time, -1).transpose(1, 2).reshape(tokens.shape)
+
+
+class ViTEncoder(Encoder):
+    """Front end + SpectrogramViT behind the Encoder contract; carries its own front-end config."""
+
+    def __init__(
+        self,
+        name: str,
+        spec: ViTSpec,
+        frontend: KaldiFbankConfig | MelDbConfig,
+        clip_seconds: float | None,
+        provenance: dict | None = None,
+    ):
+        super().__init__()
+        self.name = name
+        self.spec = spec
+        self.sample_rate = frontend.sample_rate
+        self.clip_seconds = clip_seconds
+        self.num_layers = spec.depth
+        self.embed_dim = spec.embed_dim
+        self.num_prefix = len(spec.prefix)
+        self.frontend = KaldiFbank(frontend) if isinstance(frontend, KaldiFbankConfig) else MelDb(frontend)
+        self.model = SpectrogramViT(spec)
+        self.provenance = dict(provenance or {})
+
+    def config(self) -> dict:
+        spec = dataclasses.asdict(self.spec)
+        return {
+            "family": self.name,
+            **self.provenance,
+            "clip_seconds": self.clip_seconds,
+            "sample_rate": self.sample_rate,
+            "architecture": {key: list(v) if isinstance(v, tuple) else v for key, v in spec.items()},
+        }
+
+    def frontend_config(self) -> dict:
+        return self.frontend.config.describe()
+
+    def _chunks(self, frames: int) -> list[tuple[int, int]]:
+        size = self.spec.chunk_frames
+        if size is None or frames <= size:
+            return [(0, frames)]
+        spans = [(start, min(start + size, frames)) for start in range(0, frames, size)]
+        # A tail shorter than one patch gives no tokens; the official chunkers drop it too.
+        return [(a, b) for a, b in spans if b - a >= self.spec.patch[0]]
+
+    def token_grid(self, num_samples: int) -> tuple[int, int]:
+        frames = self.frontend.config.num_frames(num_samples)
+        spans = self._chunks(frames)
+        n_freq = self.spec.grid(frames)[1]
+        return sum(self.spec.grid(b - a)[0] for a, b in spans), n_freq
+
+    def valid_tokens(self, num_real: int, num_total: int) -> int:
+        """Tokens whose first frame lies inside the real (unpadded) audio, counted time-major."""
+        n_time, n_freq = self.token_grid(num_total)
+        if num_real >= num_total:
+            return n_time * n_freq
+        real_frames = self.frontend.config.raw_frames(num_real)
+        return min(n_time, max(1, math.ceil(real_frames / self.spec.stride[0]))) * n_freq
+
+    def forward(self, wave: torch.Tensor, layers: Sequence[int] = (-1,)) -> EncoderOutput:
+        layers = [index + self.num_layers if index < 0 else index for index in layers]
+        bad = [index for index in layers if not 0 <= index < self.num_layers]
+        if bad or not layers:
+            raise ConfigError(
+                f"{self.name}: layers {bad or layers} do not exist; use 0..{self.num_layers - 1}"
+            )
+        features = self.frontend(wave)  # [B, frames, bins]
+        per_chunk = []
+        for start, stop in self._chunks(features.shape[1]):
+            outputs, grid = self.model(features[:, start:stop], layers)
+            per_chunk.append((outputs, grid))
+        num_prefix = self.num_prefix
+        patches, prefix = {}, {}
+        for index in layers:
+            parts = [self.model.to_time_major(out[index][:, num_prefix:], grid) for out, grid in per_chunk]
+            patches[index] = torch.cat(parts, dim=1)
+            if num_prefix:
+                # With chunking each chunk has its own prefix tokens; the first chunk's are kept.
+                prefix[index] = per_chunk[0][0][index][:, :num_prefix]
+        n_time = sum(grid[0] for _, grid in per_chunk)
+        return EncoderOutput(layers=patches, prefix=prefix, grid=(n_time, per_chunk[0][1][1]))
+
+
+def random_vit_spec(
+    embed_dim: int = 64,
+    depth: int = 2,
+    num_heads: int = 4,
+    mlp_ratio: float = 4.0,
+    patch_size: int = 16,
+    n_mels: int = 128,
+    num_prefix: int = 1,
+) -> ViTSpec:
+    """A small pre-LN ViT on time-first fbank patches with sin-cos positions generated for any grid."""
+    if num_prefix not in (0, 1, 2):
+        raise ConfigError(f"vit: num_prefix must be 0, 1 (cls) or 2 (cls, dist), got {num_prefix}")
+    return ViTSpec(
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_hidden=int(embed_dim * mlp_ratio),
+        n_freq_bins=n_mels,
+        patch=(patch_size, patch_size),
+        stride=(patch_size, patch_size),
+        prefix=("cls", "dist")[:num_prefix],
+        prefix_pos=False,
+        pos_kind="sincos",
+        pos_grid=(0, n_mels // patch_size),
+    )
+
+
+def init_random_weights(module: nn.Module, seed: int) -> None:
+    """Deterministic weights from one seeded generator: Xavier-uniform matrices, N(0, 0.02) tokens, zero biases."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if name.endswith("_token") or name == "pos_embed":
+                values = torch.randn(parameter.shape, generator=generator) * 0.02
+            elif parameter.dim() >= 2:
+                fan_out, fan_in = parameter.shape[0], parameter[0].numel()
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                values = (torch.rand(parameter.shape, generator=generator) * 2 - 1) * bound
+            elif "norm" in name and name.endswith("weight"):
+                values = torch.ones(parameter.shape)
+            else:
+                values = torch.zeros(parameter.shape)
+            parameter.copy_(values)
+
+
+def create_vit(checkpoint: str | None = None, random_init: bool = False, **options) -> ViTEncoder:
+    """The generic `vit`: a seeded random-weight ViT (random_init=True) for tests and baselines.
+
+    Options: embed_dim (64), depth (2), num_heads (4), mlp_ratio (4.0), patch_size (16), n_mels (128),
+    num_prefix (1), clip_seconds (10.0), seed (0).
+    """
+    if checkpoint is not None:
+        raise ConfigError(
+            "encoder 'vit' takes no --checkpoint (it is the random-weight ViT); for official weights use "
+            "--encoder audiomae, ast, eat, sslam or atst_frame"
+        )
+    if not random_init:
+        raise ConfigError(
+            "encoder 'vit' has no pretrained weights: pass --random-init (seeded) or --checkpoint "
+            "with --encoder audiomae/ast/eat/sslam/atst_frame"
+        )
+    seed = int(options.pop("seed", 0))
+    clip_seconds = options.pop("clip_seconds", 10.0)
+    clip_seconds = None if clip_seconds is None else float(clip_seconds)
+    known = {"embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "n_mels", "num_prefix"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(
+            f"encoder 'vit': unknown option(s) {unknown}; known: {sorted(known | {'seed', 'clip_seconds'})}"
+        )
+    spec = random_vit_spec(**options)
+    frontend = KaldiFbankConfig(num_mel_bins=spec.n_freq_bins, target_frames=None)
+    # `options` + seed + clip_seconds are exactly what create("vit", random_init=True, ...) needs to rebuild it.
+    provenance = {
+        "random_init": True,
+        "seed": seed,
+        "options": {**options, "seed": seed, "clip_seconds": clip_seconds},
+    }
+    encoder = ViTEncoder("vit", spec, frontend, clip_seconds, provenance=provenance)
+    init_random_weights(encoder.model, seed)
+    return encoder
