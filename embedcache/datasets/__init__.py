@@ -1,0 +1,25 @@
+"""Datasets: manifests (clip_id, path, labels, split), adapters for standard layouts, the bundled sample set."""
+
+from embedcache.datasets.adapters import (
+    from_audioset,
+    from_class_folders,
+    from_esc50,
+    from_fsd50k,
+    write_manifest,
+)
+from embedcache.datasets.manifest import Clip, Manifest, find_bad_rows, read_label_file, read_manifest
+from embedcache.datasets.sample import build_sample_set
+
+__all__ = [
+    "Clip",
+    "Manifest",
+    "build_sample_set",
+    "find_bad_rows",
+    "from_audioset",
+    "from_class_folders",
+    "from_esc50",
+    "from_fsd50k",
+    "read_label_file",
+    "read_manifest",
+    "write_manifest",
+]
