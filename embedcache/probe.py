@@ -1,0 +1,544 @@
+"""The probe protocol: train a bank on the train split, choose on validation, test the chosen configuration once.
+
+A run writes a directory (config.yaml re-runnable as is, metrics.json, per_class_ap.csv, sweep.csv, curves.csv,
+weights/) and appends one row per head and seed to a results ledger CSV.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import datetime as dt
+import fcntl
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from embedcache import heads as head_registry
+from embedcache.errors import ConfigError, StoreError
+from embedcache.store import TokenStore
+from embedcache.train import (
+    HeadBank,
+    HeadSpec,
+    SplitData,
+    TrainConfig,
+    open_splits,
+    selection_metric,
+    split_metrics,
+)
+
+SPLIT_ROLES = ("train", "valid", "test")
+TASKS = ("multilabel", "multiclass")
+
+# The code's defaults; configs/probes/default.yaml spells out the same values (a test keeps them equal).
+DEFAULT_CONFIG: dict = {
+    "store": None,
+    "layer": None,
+    "task": None,
+    "splits": {"train": "train", "valid": "valid", "test": "test"},
+    "split_stores": {},
+    "heads": ["linear", "attentive", "protobin"],
+    "grid": {"lr": [1e-3], "weight_decay": [1e-4]},
+    "seeds": 1,
+    "seed": 0,
+    "train": TrainConfig(epochs=10, batch_size=32).to_dict(),
+}
+
+LEDGER_COLUMNS = [
+    "timestamp", "run_dir", "store", "encoder", "checkpoint_sha256", "layer", "task", "head", "kind", "options",
+    "lr", "weight_decay", "seed", "epochs", "batch_size", "num_parameters", "metric", "valid", "test",
+    "test_map", "test_micro_ap", "test_macro_auroc", "test_accuracy",
+]
+
+
+# -- configuration ----------------------------------------------------------------------------------------
+def load_config(path: str | Path) -> dict:
+    """Read a probe config YAML (a mapping), naming the file when it cannot be used."""
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such probe config file (see configs/probes/ for examples)") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a probe config must be a mapping of options, got {type(loaded).__name__}")
+    return loaded
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "split_stores":
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _as_list(value, field_name: str) -> list[float]:
+    values = value if isinstance(value, list) else [value]
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{field_name}: expected a number or a list of numbers, got {value!r}") from None
+
+
+def _resolve_head(entry, grid: dict, index: int) -> dict:
+    if isinstance(entry, str):
+        entry = {"kind": entry}
+    if not isinstance(entry, dict) or "kind" not in entry:
+        raise ConfigError(f"heads[{index}]: give a head kind (e.g. protobin) or a mapping with a 'kind' key")
+    unknown = sorted(set(entry) - {"name", "kind", "lr", "weight_decay", "options"})
+    if unknown:
+        raise ConfigError(f"heads[{index}]: unknown key(s) {unknown}; use name, kind, lr, weight_decay, options")
+    kind = entry["kind"]
+    if kind not in head_registry.HEAD_KINDS:
+        raise ConfigError(f"heads[{index}]: unknown head kind {kind!r}; choose from {', '.join(head_registry.HEAD_KINDS)}")
+    return {
+        "name": str(entry.get("name", kind)),
+        "kind": kind,
+        "lr": _as_list(entry.get("lr", grid["lr"]), f"heads[{index}].lr"),
+        "weight_decay": _as_list(entry.get("weight_decay", grid["weight_decay"]), f"heads[{index}].weight_decay"),
+        "options": dict(entry.get("options") or {}),
+    }
+
+
+def resolve_config(config: dict | None = None, **overrides) -> dict:
+    """Defaults <- config <- overrides (non-None), with every head spelled out: the form written to config.yaml."""
+    merged = _merge(DEFAULT_CONFIG, config or {})
+    merged = _merge(merged, {key: value for key, value in overrides.items() if value is not None})
+    unknown = sorted(set(merged) - set(DEFAULT_CONFIG))
+    if unknown:
+        raise ConfigError(f"probe config: unknown key(s) {unknown}; known keys are {sorted(DEFAULT_CONFIG)}")
+    if isinstance(merged["heads"], str):
+        merged["heads"] = [h.strip() for h in merged["heads"].split(",") if h.strip()]
+    if not merged["heads"]:
+        raise ConfigError("heads: name at least one head kind, e.g. --head protobin")
+    grid = {
+        "lr": _as_list(merged["grid"].get("lr", [1e-3]), "grid.lr"),
+        "weight_decay": _as_list(merged["grid"].get("weight_decay", [1e-4]), "grid.weight_decay"),
+    }
+    merged["grid"] = grid
+    merged["heads"] = [_resolve_head(entry, grid, i) for i, entry in enumerate(merged["heads"])]
+    names = [head["name"] for head in merged["heads"]]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"heads: names must be unique, got {names}; give repeated kinds a 'name'")
+    if merged["task"] not in (None, *TASKS):
+        raise ConfigError(f"task {merged['task']!r}: choose multilabel, multiclass or null (detect from the labels)")
+    if set(merged["splits"]) - set(SPLIT_ROLES) or merged["splits"].get("train") is None:
+        raise ConfigError(f"splits: map the roles {list(SPLIT_ROLES)} to split names; train is required")
+    if set(merged["split_stores"]) - set(SPLIT_ROLES):
+        raise ConfigError(f"split_stores: keys must be among {list(SPLIT_ROLES)}, got {sorted(merged['split_stores'])}")
+    if int(merged["seeds"]) < 1:
+        raise ConfigError(f"seeds: {merged['seeds']} must be >= 1")
+    merged["seeds"], merged["seed"] = int(merged["seeds"]), int(merged["seed"])
+    merged["train"] = TrainConfig.from_dict(merged["train"]).to_dict()
+    return merged
+
+
+# -- results --------------------------------------------------------------------------------------------
+@dataclass
+class HeadResult:
+    """The chosen configuration of one named head, its metrics per split (mean and std over seeds) and per seed."""
+
+    name: str
+    kind: str
+    lr: float
+    weight_decay: float
+    options: dict
+    num_parameters: int
+    metric: str
+    valid: dict
+    test: dict
+    per_seed: list[dict] = field(default_factory=list)
+    per_class: dict = field(default_factory=dict)
+
+
+@dataclass
+class ProbeReport:
+    """What a probe run produced; `results` holds one HeadResult per named head."""
+
+    run_dir: Path
+    config: dict
+    results: list[HeadResult]
+    data_paths: dict
+    sweep: list[dict]
+    ledger: Path | None
+
+
+def _scalar_summary(per_seed: list[dict]) -> dict:
+    """Mean and sample std (ddof=1; 0 for one seed) of every float metric over seeds; counts are copied."""
+    summary = {}
+    for key, value in per_seed[0].items():
+        if isinstance(value, int):
+            summary[key] = value
+        elif isinstance(value, float):
+            values = np.array([float(entry[key]) for entry in per_seed])
+            summary[key] = float(values.mean())
+            summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return summary
+
+
+def _check_compatible(train_store: TokenStore, other: TokenStore, role: str) -> None:
+    if other.label_names != train_store.label_names:
+        raise StoreError(
+            f"split_stores.{role} ({other.path}) has label vocabulary {other.label_names[:5]}... but the train store "
+            f"{train_store.path} has {train_store.label_names[:5]}...; extract both from manifests with the same labels"
+        )
+    if other.embed_dim != train_store.embed_dim or other.num_prefix != train_store.num_prefix:
+        raise StoreError(
+            f"split_stores.{role} ({other.path}): tokens D={other.embed_dim}, P={other.num_prefix} differ from the "
+            f"train store's D={train_store.embed_dim}, P={train_store.num_prefix}; use stores of the same encoder"
+        )
+
+
+def _check_train_positives(train: SplitData) -> None:
+    counts = train.labels.sum(axis=0)
+    empty = [name for name, count in zip(train.store.label_names, counts) if count == 0]
+    if empty:
+        shown = ", ".join(empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+        raise StoreError(
+            f"{train.store.path}: split {train.split!r} has no positive clip for {len(empty)} class(es): {shown}; "
+            "a probe cannot learn them: re-split the data or drop those classes from the manifest"
+        )
+
+
+def _open_data(config: dict) -> dict[str, SplitData]:
+    train_store = TokenStore.open(config["store"])
+    stores = {"train": train_store}
+    for role, path in config["split_stores"].items():
+        stores[role] = TokenStore.open(path)
+        _check_compatible(train_store, stores[role], role)
+    roles = [role for role in SPLIT_ROLES if config["splits"].get(role) is not None]
+    requests = [(stores.get(role, train_store), config["splits"][role]) for role in roles]
+    train_config = TrainConfig.from_dict(config["train"])
+    # Open (and check) every split before any training, so a bad test split fails in seconds, not after hours.
+    for store, split in requests:
+        if len(store.split_indices(split)) == 0:
+            raise StoreError(f"{store.path}: split {split!r} has no clips; map the roles in `splits` to non-empty splits")
+    data = dict(zip(roles, open_splits(requests, config["layer"], train_config)))
+    _check_train_positives(data["train"])
+    return data
+
+
+def _bank_specs(config: dict, seed: int) -> tuple[list[HeadSpec], list[str]]:
+    specs, names = [], []
+    for head in config["heads"]:
+        for lr in head["lr"]:
+            for weight_decay in head["weight_decay"]:
+                specs.append(HeadSpec(head["kind"], lr, weight_decay, seed, dict(head["options"])))
+                names.append(head["name"])
+    return specs, names
+
+
+def _absolute(path: str | Path) -> str:
+    # Local paths are written absolute so config.yaml and the ledger work from any directory; URLs stay as given.
+    text = str(path)
+    return text if "://" in text else str(Path(text).resolve())
+
+
+def run_probe(
+    store_path: str | Path,
+    head_kinds: Sequence[str] | None,
+    out_dir: str | Path,
+    config: dict | None = None,
+    seeds: int | None = None,
+    ledger: str | Path | None = None,
+) -> ProbeReport:
+    """Train every head configuration per seed in one bank, choose each head's lr/wd on validation, test it once.
+
+    head_kinds (None: the config's heads) and seeds override the config; the ledger defaults to <out>/../ledger.csv.
+    """
+    out_dir = Path(out_dir).resolve()
+    overrides = {"store": _absolute(store_path) if store_path is not None else None, "seeds": seeds}
+    if head_kinds:
+        overrides["heads"] = list(head_kinds)
+    resolved = resolve_config(config, **overrides)
+    if resolved["store"] is None:
+        raise ConfigError("no store given: pass STORE or set `store:` in the config")
+    if (out_dir / "metrics.json").exists():
+        raise ConfigError(f"{out_dir} already holds a probe run (metrics.json); choose a new --out or remove it")
+    if resolved["splits"].get("valid") is None and any(
+        len(h["lr"]) * len(h["weight_decay"]) > 1 for h in resolved["heads"]
+    ):
+        raise ConfigError("splits.valid is null but the grid has several configurations: name a validation split")
+    data = _open_data(resolved)
+    train, valid, test = data["train"], data.get("valid"), data.get("test")
+    resolved["layer"] = train.layer
+    multilabel = train.store.is_multilabel if resolved["task"] is None else resolved["task"] == "multilabel"
+    resolved["task"] = "multilabel" if multilabel else "multiclass"
+    metric = selection_metric(multilabel)
+
+    # Phase 1: one bank per seed (the seed sets both the heads' init and the data order).
+    banks, sweep = [], []
+    for offset in range(resolved["seeds"]):
+        seed = resolved["seed"] + offset
+        specs, names = _bank_specs(resolved, seed)
+        train_config = TrainConfig.from_dict({**resolved["train"], "data_seed": seed})
+        bank = HeadBank(specs, train_config, multilabel=multilabel).fit(train, valid)
+        banks.append((seed, bank, names))
+        for k, (spec, name) in enumerate(zip(specs, names)):
+            sweep.append({
+                "head": name, "kind": spec.kind, "lr": spec.lr, "weight_decay": spec.weight_decay, "seed": seed,
+                f"valid_{metric}": bank.valid_metrics_[k].get(metric, float("nan")) if valid is not None else "",
+            })
+
+    # Phase 2: per named head, the (lr, wd) with the best mean validation metric over seeds; test it once per seed.
+    results = []
+    for head in resolved["heads"]:
+        candidates = [(lr, wd) for lr in head["lr"] for wd in head["weight_decay"]]
+
+        def mean_valid(candidate: tuple[float, float], name: str = head["name"]) -> float:
+            values = [row[f"valid_{metric}"] for row in sweep if row["head"] == name
+                      and (row["lr"], row["weight_decay"]) == candidate]
+            return float(np.mean(values)) if valid is not None else 0.0
+
+        # First best wins ties, so the choice does not depend on float noise in later grid points.
+        chosen = max(candidates, key=mean_valid)
+        results.append(_evaluate_chosen(head, chosen, banks, valid, test, multilabel, metric))
+
+    report = ProbeReport(out_dir, resolved, results, dict(banks[0][1].data_paths_), sweep, None)
+    if test is not None:
+        report.data_paths[test.split] = test.path
+    _write_run(report, banks, train.store)
+    ledger_path = Path(ledger) if ledger is not None else out_dir.resolve().parent / "ledger.csv"
+    append_ledger(ledger_path, ledger_rows(report, train.store))
+    report.ledger = ledger_path
+    return report
+
+
+def _evaluate_chosen(head: dict, chosen: tuple[float, float], banks: list, valid: SplitData | None,
+                     test: SplitData | None, multilabel: bool, metric: str) -> HeadResult:
+    per_seed, valid_per_seed, per_class = [], [], {"valid": [], "test": []}
+    num_parameters = 0
+    for seed, bank, names in banks:
+        k = next(i for i, (spec, name) in enumerate(zip(bank.specs, names))
+                 if name == head["name"] and (spec.lr, spec.weight_decay) == chosen)
+        num_parameters = bank.heads_[k].num_parameters()
+        entry: dict = {"seed": seed, "index": k}
+        if valid is not None:
+            valid_metrics = bank.valid_metrics_[k]
+            valid_per_seed.append(_scalars(valid_metrics))
+            per_class["valid"].append(valid_metrics.get("per_class_ap"))
+            entry["valid"] = _scalars(valid_metrics)
+        if test is not None:
+            test_metrics = split_metrics(test.labels, bank.predict(test, which=[k])[0], multilabel)
+            per_class["test"].append(test_metrics.get("per_class_ap"))
+            entry["test"] = _scalars(test_metrics)
+        per_seed.append(entry)
+    return HeadResult(
+        name=head["name"], kind=head["kind"], lr=chosen[0], weight_decay=chosen[1], options=dict(head["options"]),
+        num_parameters=num_parameters, metric=metric,
+        valid=_scalar_summary(valid_per_seed) if valid_per_seed else {},
+        test=_scalar_summary([e["test"] for e in per_seed]) if test is not None else {},
+        per_seed=per_seed, per_class=per_class,
+    )
+
+
+def _scalars(values: dict) -> dict:
+    # Counts (n_classes_scored, ...) stay ints; metric values become plain floats.
+    return {
+        key: int(value) if isinstance(value, (int, np.integer)) else float(value)
+        for key, value in values.items()
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    }
+
+
+# -- run directory ----------------------------------------------------------------------------------------
+def _write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> None:
+    columns = columns or list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_run(report: ProbeReport, banks: list, store: TokenStore) -> None:
+    run_dir = report.run_dir
+    (run_dir / "weights").mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(report.config, sort_keys=False))
+    metrics = {
+        "store": report.config["store"],
+        "layer": report.config["layer"],
+        "task": report.config["task"],
+        "selection_metric": report.results[0].metric,
+        "data_paths": report.data_paths,
+        "std": "sample standard deviation over seeds (ddof=1)",
+        "heads": [
+            {"head": r.name, "kind": r.kind, "lr": r.lr, "weight_decay": r.weight_decay, "options": r.options,
+             "num_parameters": r.num_parameters, "valid": r.valid, "test": r.test,
+             "per_seed": [{key: value for key, value in e.items() if key != "index"} for e in r.per_seed]}
+            for r in report.results
+        ],
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _write_csv(run_dir / "per_class_ap.csv", _per_class_rows(report, store))
+    _write_csv(run_dir / "sweep.csv", report.sweep)
+    curves = [{"bank_seed": seed, **row} for seed, bank, _ in banks for row in bank.curves_]
+    _write_csv(run_dir / "curves.csv", curves)
+    banks_by_seed = {seed: bank for seed, bank, _ in banks}
+    for result in report.results:
+        for entry in result.per_seed:
+            _save_head(run_dir / "weights", result, entry["seed"], banks_by_seed[entry["seed"]].heads_[entry["index"]])
+
+
+def _per_class_rows(report: ProbeReport, store: TokenStore) -> list[dict]:
+    rows = []
+    for result in report.results:
+        for role in ("valid", "test"):
+            arrays = [a for a in result.per_class[role] if a is not None]
+            if not arrays:
+                continue
+            stacked = np.asarray(arrays, dtype=np.float64)  # [seeds, C]
+            for c, label in enumerate(store.label_names):
+                rows.append({
+                    "head": result.name, "split": report.config["splits"][role], "label": label,
+                    "ap": float(np.nanmean(stacked[:, c])) if not np.isnan(stacked[:, c]).all() else "",
+                    "ap_std": float(np.nanstd(stacked[:, c], ddof=1)) if len(arrays) > 1 and
+                    not np.isnan(stacked[:, c]).all() else 0.0,
+                })
+    return rows
+
+
+def _save_head(folder: Path, result: HeadResult, seed: int, head: torch.nn.Module) -> None:
+    metadata = {
+        "head": result.name, "config": json.dumps(head.config), "lr": repr(result.lr),
+        "weight_decay": repr(result.weight_decay), "seed": str(seed),
+    }
+    state = {key: value.detach().cpu().contiguous() for key, value in head.state_dict().items()}
+    save_file(state, str(folder / f"{result.name}_seed{seed}.safetensors"), metadata=metadata)
+    if hasattr(head, "packed_prototypes"):
+        packed = head.packed_prototypes()
+        save_file(
+            {"bits": torch.from_numpy(np.asarray(packed["bits"], dtype=np.uint8))},
+            str(folder / f"{result.name}_seed{seed}.prototypes_packed.safetensors"),
+            metadata={"shape": json.dumps(packed["shape"]), "encoding": packed["encoding"], **metadata},
+        )
+
+
+# -- ledger ---------------------------------------------------------------------------------------------
+def ledger_rows(report: ProbeReport, store: TokenStore) -> list[dict]:
+    """One ledger row per head and seed, with the store's provenance."""
+    encoder = store.provenance.get("encoder", {}) or {}
+    timestamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    train = report.config["train"]
+    rows = []
+    for result in report.results:
+        for entry in result.per_seed:
+            test = entry.get("test", {})
+            rows.append({
+                "timestamp": timestamp, "run_dir": str(report.run_dir), "store": str(report.config["store"]),
+                "encoder": encoder.get("name", store.provenance.get("source", "")),
+                "checkpoint_sha256": encoder.get("checkpoint_sha256") or "",
+                "layer": report.config["layer"], "task": report.config["task"], "head": result.name,
+                "kind": result.kind, "options": json.dumps(result.options, sort_keys=True), "lr": result.lr,
+                "weight_decay": result.weight_decay, "seed": entry["seed"], "epochs": train["epochs"],
+                "batch_size": train["batch_size"], "num_parameters": result.num_parameters, "metric": result.metric,
+                "valid": entry.get("valid", {}).get(result.metric, ""), "test": test.get(result.metric, ""),
+                **{f"test_{key}": test.get(key, "") for key in ("map", "micro_ap", "macro_auroc", "accuracy")},
+            })
+    return rows
+
+
+def append_ledger(path: Path, rows: list[dict]) -> None:
+    """Append rows to the ledger CSV (header on creation), under a file lock so parallel runs do not interleave."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", newline="") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        header = handle.readline().strip()
+        if header and header.split(",") != LEDGER_COLUMNS:
+            raise StoreError(
+                f"{path}: this ledger has columns {header.split(',')[:6]}... not embedcache's {LEDGER_COLUMNS[:6]}...; "
+                "pass a new --ledger path"
+            )
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=LEDGER_COLUMNS)
+        if not header:
+            writer.writeheader()
+        writer.writerows(rows)
+        handle.seek(0, io.SEEK_END)
+        handle.write(buffer.getvalue())
+
+
+def read_ledger(path: str | Path) -> list[dict]:
+    """The ledger's rows as dicts of strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no results ledger there (a probe run appends to <out>/../ledger.csv)")
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# -- tables ---------------------------------------------------------------------------------------------
+def _fmt(mean: float | None, std: float | None) -> str:
+    if mean is None or (isinstance(mean, float) and np.isnan(mean)):
+        return "-"
+    return f"{100 * mean:6.2f} ± {100 * (std or 0.0):.2f}"
+
+
+def _rows_from_ledger(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        key = (row["store"], row["layer"], row["head"], row["kind"], row["options"], row["lr"], row["weight_decay"],
+               row["epochs"], row["metric"])
+        groups.setdefault(key, []).append(row)
+    table = []
+    for (store, layer, head, kind, _, lr, wd, _, metric), members in groups.items():
+        def stats(column: str, members: list[dict] = members) -> tuple[float | None, float | None]:
+            values = np.array([float(m[column]) for m in members if m.get(column) not in ("", None)])
+            if not len(values):
+                return None, None
+            return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+        table.append({
+            "store": Path(store).name, "layer": layer, "head": head, "kind": kind, "lr": float(lr),
+            "weight_decay": float(wd), "params": int(members[0]["num_parameters"]), "seeds": len(members),
+            "metric": metric, "valid": stats("valid"), "test": stats("test"), "test_map": stats("test_map"),
+        })
+    return table
+
+
+def _rows_from_report(report: ProbeReport) -> list[dict]:
+    rows = []
+    for r in report.results:
+        rows.append({
+            "store": Path(report.config["store"]).name, "layer": report.config["layer"], "head": r.name,
+            "kind": r.kind, "lr": r.lr, "weight_decay": r.weight_decay, "params": r.num_parameters,
+            "seeds": len(r.per_seed), "metric": r.metric,
+            "valid": (r.valid.get(r.metric), r.valid.get(f"{r.metric}_std")),
+            "test": (r.test.get(r.metric), r.test.get(f"{r.metric}_std")),
+            "test_map": (r.test.get("map"), r.test.get("map_std")),
+        })
+    return rows
+
+
+def format_comparison_table(report_or_rows: ProbeReport | Sequence[dict]) -> str:
+    """A text table, one line per head configuration: mAP (and the selection metric) as mean ± std over seeds, in %."""
+    rows = (_rows_from_report(report_or_rows) if isinstance(report_or_rows, ProbeReport)
+            else _rows_from_ledger(list(report_or_rows)))
+    if not rows:
+        return "(no results)"
+    multi_store = len({row["store"] for row in rows}) > 1
+    header = (["store"] if multi_store else []) + [
+        "head", "kind", "layer", "lr", "wd", "params", "seeds", "valid", "test mAP (%)", "test metric (%)"]
+    lines = []
+    for row in rows:
+        metric_cell = f"{row['metric']} {_fmt(*row['test'])}" if row["metric"] != "map" else "-"
+        valid_cell = f"{row['metric']} {_fmt(*row['valid'])}"
+        lines.append(([row["store"]] if multi_store else []) + [
+            row["head"], row["kind"], str(row["layer"]), f"{row['lr']:g}", f"{row['weight_decay']:g}",
+            f"{row['params']:,}", str(row["seeds"]), valid_cell, _fmt(*row["test_map"]), metric_cell,
+        ])
+    widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header))]
+    render = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *lines]]
+    render.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(render)
