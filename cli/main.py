@@ -30,9 +30,9 @@ def main() -> None:
 
 def _register_commands() -> None:
     # Each command lives in its own module; the list is the whole CLI.
-    from embedcache_cli import commands_core
+    from embedcache_cli import commands_core, commands_data
 
-    for command in commands_core.COMMANDS:
+    for command in commands_core.COMMANDS + commands_data.COMMANDS:
         main.add_command(command)
 
 

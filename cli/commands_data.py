@@ -1,0 +1,130 @@
+"""`embedcache manifest ...`: write manifests from standard dataset layouts, check one, build the sample set."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import click
+
+from embedcache.datasets import (
+    build_sample_set,
+    find_bad_rows,
+    from_audioset,
+    from_class_folders,
+    from_esc50,
+    from_fsd50k,
+    read_manifest,
+)
+from embedcache.datasets.sample import DEFAULT_SAMPLE_DIR
+from embedcache.errors import BadInputError, ConfigError
+
+_OUT_HELP = "manifest CSV to write (default: ROOT/manifest.csv); labels.txt goes beside it"
+# How many left-out AudioSet segments to print before pointing at the full list.
+_SHOWN = 20
+
+
+@click.group("manifest")
+def manifest_group() -> None:
+    """Write a manifest (clip_id, path, labels, split) from a dataset layout, or check one."""
+
+
+@manifest_group.command("folders")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help=_OUT_HELP)
+@click.option("--ratios", default="0.7,0.15,0.15", show_default=True, help="train,valid,test fractions")
+@click.option("--seed", default=0, show_default=True, help="seed of the per-class split shuffle")
+def folders_command(root: Path, out: Path | None, ratios: str, seed: int) -> None:
+    """A folder per class under ROOT -> single-label manifest with train/valid/test splits."""
+    try:
+        split_ratios = tuple(float(part) for part in ratios.split(","))
+    except ValueError:
+        raise ConfigError(f"--ratios {ratios!r}: give three numbers like 0.7,0.15,0.15") from None
+    _report(from_class_folders(root, out, split_ratios=split_ratios, seed=seed))
+
+
+@manifest_group.command("esc50")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help=_OUT_HELP)
+def esc50_command(root: Path, out: Path | None) -> None:
+    """ESC-50 folder (meta/esc50.csv, audio/) -> manifest with splits fold1..fold5."""
+    _report(from_esc50(root, out))
+
+
+@manifest_group.command("fsd50k")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help=_OUT_HELP)
+def fsd50k_command(root: Path, out: Path | None) -> None:
+    """FSD50K folder (FSD50K.ground_truth/, FSD50K.dev_audio/, FSD50K.eval_audio/) -> train/valid/test manifest."""
+    _report(from_fsd50k(root, out))
+
+
+@manifest_group.command("audioset")
+@click.option("--segments", "segments", multiple=True, required=True, metavar="SPLIT=CSV",
+              help="a segments CSV and the split it becomes, e.g. train=balanced_train_segments.csv (repeat)")
+@click.option("--class-indices", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="class_labels_indices.csv")
+@click.option("--audio-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="folder holding the downloaded segments (searched recursively)")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="manifest CSV to write; must be in a folder that contains --audio-dir")
+def audioset_command(segments: tuple[str, ...], class_indices: Path, audio_dir: Path, out: Path) -> None:
+    """AudioSet segment CSVs -> multi-label manifest; segments without audio are listed, not silently dropped."""
+    segments_csvs = {}
+    for item in segments:
+        split, sep, path = item.partition("=")
+        if not sep or not split.strip() or not path.strip():
+            raise ConfigError(f"--segments {item!r}: write SPLIT=CSV, e.g. train=balanced_train_segments.csv")
+        segments_csvs[split.strip()] = Path(path.strip())
+    written, left_out = from_audioset(segments_csvs, class_indices, audio_dir, out)
+    _report(written)
+    if left_out:
+        listing = written.with_name(written.stem + ".left_out.csv")
+        with open(listing, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["segment", "reason"])
+            writer.writerows(left_out)
+        click.secho(f"{len(left_out)} segment(s) left out (full list: {listing}):", fg="yellow")
+        for segment_id, reason in left_out[:_SHOWN]:
+            click.echo(f"  {segment_id}: {reason}")
+        if len(left_out) > _SHOWN:
+            click.echo(f"  ... and {len(left_out) - _SHOWN} more")
+
+
+@manifest_group.command("check")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="label vocabulary, one per line (default: labels.txt beside the manifest, if any)")
+@click.option("--workers", default=2, show_default=True, help="decoding processes")
+def check_command(manifest: Path, labels: Path | None, workers: int) -> None:
+    """Decode every file of MANIFEST and list every bad row with its reason (exit 1 if any)."""
+    good, bad_rows = find_bad_rows(manifest, labels, workers=workers)
+    for clip_id, reason in bad_rows:
+        click.echo(f"{clip_id}: {reason}")
+    click.echo(f"{len(good)} good clip(s), {len(bad_rows)} bad row(s); {len(good.label_names)} labels; "
+               f"splits: {', '.join(good.split_names()) or 'none'}")
+    if bad_rows:
+        raise BadInputError(f"{manifest}: {len(bad_rows)} bad row(s) listed above; fix them, or extract with "
+                            "--skip-bad to record them as skipped")
+
+
+@manifest_group.command("sample")
+@click.option("--out", "out_dir", default=str(DEFAULT_SAMPLE_DIR), show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="folder for the generated clips")
+@click.option("--clips", "n_clips", default=120, show_default=True)
+@click.option("--seconds", "clip_seconds", default=5.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def sample_command(out_dir: Path, n_clips: int, clip_seconds: float, seed: int) -> None:
+    """Build the bundled multi-label sample set (short events over a quiet background) from data/sources."""
+    _report(build_sample_set(out_dir, n_clips=n_clips, clip_seconds=clip_seconds, seed=seed))
+
+
+def _report(path: Path) -> None:
+    """One line saying what was written."""
+    manifest = read_manifest(path)
+    kind = "multi-label" if manifest.is_multilabel() else "single-label"
+    counts = ", ".join(f"{split} {sum(c.split == split for c in manifest.clips)}" for split in manifest.split_names())
+    click.echo(f"wrote {path}: {len(manifest)} clips, {len(manifest.label_names)} labels ({kind}); {counts}")
+
+
+COMMANDS = [manifest_group]
