@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import json
+
 import click
+import yaml
 
 from embedcache import encoders
+from embedcache.errors import ConfigError
+
+
+def _parse_options(items: tuple[str, ...]) -> dict:
+    """`key=value` pairs; values are parsed as YAML scalars (numbers, booleans, null)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--encoder-option {item!r}: use key=value, e.g. --encoder-option n_mels=128")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    try:
+        return int(index), int(count)
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: use i/n, e.g. --shard 0/4") from None
 
 
 @click.command("encoders")
@@ -14,4 +37,81 @@ def encoders_command() -> None:
         click.echo(name)
 
 
-COMMANDS = [encoders_command]
+@click.command("extract")
+@click.option("--encoder", required=True, help="Registry name (see `embedcache encoders`) or package.module:factory.")
+@click.option("--manifest", required=True, type=click.Path(dir_okay=False), help="CSV/JSONL: clip_id,path,labels,split.")
+@click.option("--out", required=True, help="Store path (a directory ending in .zarr).")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="Official checkpoint file.")
+@click.option("--random-init", is_flag=True, help="Seeded random weights (tests and smoke runs only; recorded).")
+@click.option("--encoder-option", "encoder_options", multiple=True, help="key=value passed to the encoder factory.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Label vocabulary file, one per line.")
+@click.option("--layers", default="last", show_default=True, help="'last', 'all', or indices like '-1,-4'.")
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True)
+@click.option("--compression", type=click.Choice(["zstd", "none"]), default="zstd", show_default=True)
+@click.option("--batch-size", default=16, show_default=True, help="Clips per forward pass (aligned to chunks).")
+@click.option("--chunk-clips", type=int, help="Clips per stored chunk (default: about 4 MB per chunk).")
+@click.option("--clip-seconds", type=float, help="Crop/pad every clip to this length (default: the encoder's).")
+@click.option("--workers", type=int, help="Decoding worker processes (default: min(4, cores - 1)).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--autocast", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True)
+@click.option("--skip-bad", is_flag=True, help="Record bad rows in the store and extract the rest.")
+@click.option("--shard", default="0/1", show_default=True, help="i/n: this process fills the i-th of n slices.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store made with other settings.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def extract_command(**kw) -> None:
+    """Run a frozen encoder once over a manifest and cache every patch token in a Zarr store."""
+    from embedcache.extract import ExtractConfig, extract
+
+    config = ExtractConfig(
+        encoder=kw["encoder"], manifest=kw["manifest"], out=kw["out"], checkpoint=kw["checkpoint"],
+        random_init=kw["random_init"], encoder_options=_parse_options(kw["encoder_options"]), labels=kw["labels"],
+        layers=kw["layers"], dtype=kw["dtype"], compression=kw["compression"], batch_size=kw["batch_size"],
+        chunk_clips=kw["chunk_clips"], clip_seconds=kw["clip_seconds"], workers=kw["workers"], device=kw["device"],
+        autocast=kw["autocast"], skip_bad=kw["skip_bad"], shard=_parse_shard(kw["shard"]),
+        overwrite=kw["overwrite"], progress=not kw["no_progress"],
+    )
+    report = extract(config)
+    state = "complete" if report.complete else "partial (other shards still to run)"
+    click.echo(
+        f"{report.store}: {report.clips_written} clips extracted in {report.seconds:.1f} s "
+        f"({report.clips_per_second:.1f} clips/s on {report.device}); store {state}; "
+        f"{len(report.skipped)} bad row(s) skipped"
+    )
+
+
+@click.command("info")
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info_command(store: str, as_json: bool) -> None:
+    """Clips, splits, labels, layers, token grid, dtype, size and provenance of a store."""
+    from embedcache.store import TokenStore
+    from embedcache.store.summary import format_summary, summarize
+
+    summary = summarize(TokenStore.open(store, allow_incomplete=True))
+    click.echo(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary))
+
+
+@click.command("quickstart")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where the store and probe runs go.")
+@click.option("--encoder", help="Encoder to use instead of the default.")
+@click.option("--seeds", default=1, show_default=True, help="Seeds per probe (mean +- std).")
+@click.option("--no-probes", is_flag=True, help="Only build and extract the sample set.")
+def quickstart_command(out_dir: str | None, encoder: str | None, seeds: int, no_probes: bool) -> None:
+    """Build the bundled sample set, extract it with the default encoder, train linear/attentive/protobin."""
+    from pathlib import Path
+
+    from embedcache.quickstart import REPO_ROOT, run_quickstart
+    from embedcache.store import TokenStore
+    from embedcache.store.summary import format_summary, summarize
+
+    result = run_quickstart(
+        out_dir=Path(out_dir) if out_dir else REPO_ROOT / "runs" / "quickstart", encoder=encoder,
+        probes=() if no_probes else ("linear", "attentive", "protobin"), seeds=seeds, log=click.echo,
+    )
+    click.echo(format_summary(summarize(TokenStore.open(result.store))))
+    if result.probe_table:
+        click.echo(result.probe_table)
+    click.echo(f"store: {result.store}")
+
+
+COMMANDS = [encoders_command, extract_command, info_command, quickstart_command]

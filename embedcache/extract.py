@@ -1,0 +1,411 @@
+"""The extract stage: decode a manifest's clips, run a frozen encoder once, write every patch token to a store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+import zarr
+from tqdm import tqdm
+
+import embedcache
+from embedcache import audio, encoders
+from embedcache.checkpoints import sha256_file
+from embedcache.datasets import Manifest, find_bad_rows
+from embedcache.errors import BadInputError, ConfigError, StoreError
+from embedcache.store import layout
+from embedcache.store.writer import (
+    BackgroundChunkWriter,
+    StoreSpec,
+    create_store,
+    fingerprint_of,
+    mark_complete_if_done,
+    open_for_resume,
+    pending_chunks,
+    remove_store,
+    store_attrs,
+)
+
+
+@dataclass
+class ExtractConfig:
+    """Everything `extract` needs; plain data so it round-trips into the provenance."""
+
+    encoder: str
+    manifest: str
+    out: str
+    checkpoint: str | None = None
+    random_init: bool = False
+    encoder_options: dict = field(default_factory=dict)
+    labels: str | None = None
+    layers: str = "last"
+    dtype: str = "float16"
+    compression: str = "zstd"
+    batch_size: int = 16
+    chunk_clips: int | None = None
+    clip_seconds: float | None = None
+    workers: int | None = None
+    device: str = "auto"
+    autocast: str = "none"
+    skip_bad: bool = False
+    shard: tuple[int, int] = (0, 1)
+    overwrite: bool = False
+    progress: bool = True
+    wait_for_store_s: float = 600.0
+
+
+@dataclass
+class ExtractReport:
+    """What one `extract` call did."""
+
+    store: str
+    n_clips: int
+    clips_written: int
+    chunks_written: int
+    seconds: float
+    device: str
+    skipped: list[dict]
+    complete: bool
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.clips_written / self.seconds if self.seconds > 0 else float("nan")
+
+
+class _ClipDataset(torch.utils.data.Dataset):
+    """Decodes, resamples and crops/pads one clip; runs in DataLoader worker processes."""
+
+    def __init__(self, paths: list[Path], sample_rate: int, num_samples: int):
+        self.paths, self.sample_rate, self.num_samples = paths, sample_rate, num_samples
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, int]:
+        wave = audio.load_audio(self.paths[index], self.sample_rate)
+        wave, n_real = audio.fit_length(wave, self.num_samples)
+        return index, torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), n_real
+
+
+def _collate(items: list) -> tuple[list[int], torch.Tensor, list[int]]:
+    indices, waves, n_real = zip(*items)
+    return list(indices), torch.stack(waves), list(n_real)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def _autocast_context(device: torch.device, mode: str):
+    if mode == "none":
+        return nullcontext()
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if mode not in dtypes:
+        raise ConfigError(f"--autocast {mode!r}: use none, bf16 or fp16")
+    return torch.autocast(device_type=device.type, dtype=dtypes[mode])
+
+
+def clip_num_samples(manifest: Manifest, sample_rate: int, clip_seconds: float | None) -> int:
+    """Samples every clip is cropped/padded to: clip_seconds, or the longest clip when None."""
+    if clip_seconds is not None:
+        return int(round(clip_seconds * sample_rate))
+    longest = 0
+    for clip in manifest.clips:
+        info = soundfile.info(str(clip.path))
+        longest = max(longest, math.ceil(info.frames * sample_rate / info.samplerate))
+    return longest
+
+
+def align_batches(chunk_clips: int, batch_size: int) -> tuple[int, int]:
+    """(chunk_clips, batch_size) adjusted so the smaller divides the larger.
+
+    Batches then never straddle a unit of max(chunk_clips, batch_size) clips, so a resumed or sharded run feeds
+    the encoder exactly the batches an uninterrupted run does, and its bytes are identical.
+    """
+    if chunk_clips <= batch_size:
+        return chunk_clips, math.ceil(batch_size / chunk_clips) * chunk_clips
+    return math.ceil(chunk_clips / batch_size) * batch_size, batch_size
+
+
+def shard_units(n_units: int, shard: tuple[int, int]) -> range:
+    """Contiguous unit range of shard i of n, so each shard writes sequential chunks."""
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise ConfigError(f"--shard {index}/{count}: use i/n with 0 <= i < n")
+    return range(n_units * index // count, n_units * (index + 1) // count)
+
+
+def _provenance(config: ExtractConfig, encoder: encoders.Encoder, manifest: Manifest, extra: dict) -> dict:
+    return {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {
+            "embedcache": embedcache.__version__,
+            "torch": torch.__version__,
+            "torchaudio": torchaudio.__version__,
+            "zarr": zarr.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "host": {"platform": platform.platform(), "device": extra["device"]},
+        "encoder": {
+            "name": config.encoder,
+            "class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
+            "config": encoder.config(),
+            "random_init": config.random_init,
+            "checkpoint": config.checkpoint,
+            "checkpoint_sha256": extra["checkpoint_sha256"],
+            "num_layers": encoder.num_layers,
+            "embed_dim": encoder.embed_dim,
+            "num_prefix": encoder.num_prefix,
+            "sample_rate": encoder.sample_rate,
+        },
+        "frontend": encoder.frontend_config(),
+        "layers": extra["layers"],
+        "dtype": config.dtype,
+        "clip_policy": {"num_samples": extra["num_samples"], "sample_rate": encoder.sample_rate, **audio.LENGTH_POLICY},
+        "manifest": {"path": str(manifest.source), "sha256": manifest.sha256},
+        "batch_size": extra["batch_size"],
+        "autocast": config.autocast,
+        "fingerprint_fields": extra["fingerprint_fields"],
+    }
+
+
+def _check_disk(out: str, needed: int) -> None:
+    """Refuse before writing anything when a local destination cannot hold the uncompressed tokens."""
+    if "://" in out:
+        return
+    parent = Path(out).resolve()
+    while not parent.exists():
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    if needed > free:
+        raise StoreError(
+            f"{out}: the store needs about {needed / 1e9:.2f} GB (uncompressed tokens) but only "
+            f"{free / 1e9:.2f} GB is free on {parent}; free space, choose another --out, or use --dtype float16"
+        )
+
+
+def _wait_for_store(path: str, seconds: float) -> zarr.Group:
+    """Shards other than 0 wait for shard 0 to create the store."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            group = zarr.open_group(path, mode="r+")
+            store_attrs(group)
+            return group
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, StoreError, KeyError):
+            time.sleep(0.5)
+    raise StoreError(f"{path}: shard 0 did not create the store within {seconds:.0f} s; start shard 0 first")
+
+
+def extract(config: ExtractConfig) -> ExtractReport:
+    """Run the extract stage; resumes an interrupted store made with the same settings."""
+    if config.dtype not in layout.DTYPES:
+        raise ConfigError(f"--dtype {config.dtype!r}: choose one of {', '.join(layout.DTYPES)}")
+    device = resolve_device(config.device)
+    encoder = encoders.create(
+        config.encoder, checkpoint=config.checkpoint, random_init=config.random_init, **config.encoder_options
+    )
+    try:
+        layers = encoders.resolve_layers(config.layers, encoder.num_layers)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    workers = config.workers if config.workers is not None else min(4, max(1, (os.cpu_count() or 2) - 1))
+
+    manifest, bad = find_bad_rows(config.manifest, config.labels, workers=max(1, workers))
+    if bad and not config.skip_bad:
+        raise BadInputError(
+            f"{config.manifest}: {len(bad)} bad row(s); nothing was extracted. Fix them, or pass --skip-bad "
+            "to record them in the store and extract the rest",
+            bad,
+        )
+    if not manifest.clips:
+        raise BadInputError(f"{config.manifest}: no usable clips", bad)
+    skipped = [{"clip_id": clip_id, "reason": reason} for clip_id, reason in bad]
+
+    clip_seconds = config.clip_seconds if config.clip_seconds is not None else encoder.clip_seconds
+    num_samples = clip_num_samples(manifest, encoder.sample_rate, clip_seconds)
+    n_time, n_freq = encoder.token_grid(num_samples)
+    n_clips = len(manifest.clips)
+    chunk_clips = config.chunk_clips or layout.choose_chunk_clips(
+        n_time * n_freq, encoder.embed_dim, config.dtype, n_clips
+    )
+    chunk_clips, batch_size = align_batches(min(chunk_clips, n_clips), config.batch_size)
+    checkpoint_sha = sha256_file(config.checkpoint) if config.checkpoint else None
+    fingerprint_fields = {
+        "encoder": config.encoder,
+        "encoder_config": encoder.config(),
+        "checkpoint_sha256": checkpoint_sha,
+        "layers": layers,
+        "dtype": config.dtype,
+        "compression": config.compression,
+        "num_samples": num_samples,
+        "manifest_sha256": manifest.sha256,
+        "skipped": skipped,
+        "chunk_clips": chunk_clips,
+        "batch_size": batch_size,
+        "autocast": config.autocast,
+    }
+    fingerprint = fingerprint_of(fingerprint_fields)
+    spec = StoreSpec(
+        n_clips=n_clips, num_tokens=n_time * n_freq, num_prefix=encoder.num_prefix, embed_dim=encoder.embed_dim,
+        grid=(n_time, n_freq), layers=layers, dtype=config.dtype, chunk_clips=chunk_clips,
+        label_names=list(manifest.label_names), split_names=manifest.split_names(), compression=config.compression,
+    )
+
+    out = str(config.out)
+    shard_index, _ = config.shard
+    if config.overwrite and shard_index == 0:
+        remove_store(out)
+    group = open_for_resume(out, fingerprint, fingerprint_fields)
+    if group is None:
+        if shard_index == 0:
+            _check_disk(out, spec.token_nbytes())
+            provenance = _provenance(config, encoder, manifest, {
+                "device": str(device), "checkpoint_sha256": checkpoint_sha, "layers": layers,
+                "num_samples": num_samples, "batch_size": batch_size, "fingerprint_fields": fingerprint_fields,
+            })
+            split_names = spec.split_names
+            group = create_store(
+                out, spec, [c.clip_id for c in manifest.clips], manifest.label_matrix(),
+                np.array([split_names.index(c.split) for c in manifest.clips], np.uint8),
+                _real_lengths(manifest, encoder.sample_rate), provenance, fingerprint, skipped,
+            )
+        else:
+            group = _wait_for_store(out, config.wait_for_store_s)
+            open_for_resume(out, fingerprint, fingerprint_fields)
+
+    return _run(config, encoder, manifest, spec, group, device, workers, batch_size, skipped)
+
+
+def _real_lengths(manifest: Manifest, sample_rate: int) -> np.ndarray:
+    lengths = []
+    for clip in manifest.clips:
+        info = soundfile.info(str(clip.path))
+        lengths.append(math.ceil(info.frames * sample_rate / info.samplerate))
+    return np.asarray(lengths, np.int64)
+
+
+def _pending_batches(spec: StoreSpec, group: zarr.Group, batch_size: int, shard: tuple[int, int]) -> list[list[int]]:
+    """Batches (lists of clip indices) for this shard's units that still have unwritten chunks."""
+    unit_clips = max(spec.chunk_clips, batch_size)
+    chunks_per_unit = unit_clips // spec.chunk_clips
+    n_units = -(-spec.n_clips // unit_clips)
+    pending = set(pending_chunks(group).tolist())
+    batches = []
+    for unit in shard_units(n_units, shard):
+        unit_chunks = range(unit * chunks_per_unit, min(spec.n_chunks, (unit + 1) * chunks_per_unit))
+        if not pending.intersection(unit_chunks):
+            continue
+        start, stop = unit * unit_clips, min(spec.n_clips, (unit + 1) * unit_clips)
+        batches += [list(range(b, min(stop, b + batch_size))) for b in range(start, stop, batch_size)]
+    return batches
+
+
+def _run(
+    config: ExtractConfig,
+    encoder: encoders.Encoder,
+    manifest: Manifest,
+    spec: StoreSpec,
+    group: zarr.Group,
+    device: torch.device,
+    workers: int,
+    batch_size: int,
+    skipped: list[dict],
+) -> ExtractReport:
+    batches = _pending_batches(spec, group, batch_size, config.shard)
+    n_todo = sum(len(b) for b in batches)
+    started = time.perf_counter()
+    chunks_written = 0
+    if batches:
+        encoder.to(device)
+        dataset = _ClipDataset([c.path for c in manifest.clips], encoder.sample_rate, _num_samples(group))
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
+            pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+            persistent_workers=False,
+        )
+        writer = BackgroundChunkWriter(group, spec)
+        buffer = _ChunkBuffer(spec)
+        bar = tqdm(total=n_todo, unit="clip", disable=not config.progress, desc=f"extract {config.encoder}",
+                   file=sys.stderr, dynamic_ncols=True)
+        try:
+            for indices, waves, n_real in loader:
+                with torch.inference_mode(), _autocast_context(device, config.autocast):
+                    output = encoder(waves.to(device, non_blocking=True), spec.layers)
+                _check_output(output, spec, config.encoder)
+                valid = [encoder.valid_tokens(n, waves.shape[-1]) for n in n_real]
+                for chunk, payload in buffer.add(indices, output, valid):
+                    writer.submit(chunk, *payload)
+                    chunks_written += 1
+                bar.update(len(indices))
+        finally:
+            bar.close()
+            writer.close()
+    complete = mark_complete_if_done(group)
+    return ExtractReport(
+        store=str(config.out), n_clips=spec.n_clips, clips_written=n_todo, chunks_written=chunks_written,
+        seconds=time.perf_counter() - started, device=str(device), skipped=skipped, complete=complete,
+    )
+
+
+def _num_samples(group: zarr.Group) -> int:
+    return int(store_attrs(group)["provenance"]["clip_policy"]["num_samples"])
+
+
+def _check_output(output: encoders.EncoderOutput, spec: StoreSpec, name: str) -> None:
+    for layer in spec.layers:
+        got = tuple(output.layers[layer].shape[1:])
+        if got != (spec.num_tokens, spec.embed_dim) or tuple(output.grid) != tuple(spec.grid):
+            raise ConfigError(
+                f"encoder {name}: layer {layer} gave tokens {got} on grid {output.grid}, but its token_grid/embed_dim "
+                f"promised {(spec.num_tokens, spec.embed_dim)} on grid {spec.grid}; the encoder is inconsistent"
+            )
+
+
+class _ChunkBuffer:
+    """Collects per-batch outputs and hands back each chunk once all its clips have arrived."""
+
+    def __init__(self, spec: StoreSpec):
+        self.spec = spec
+        self._parts: dict[int, list] = {}
+
+    def add(self, indices: list[int], output: encoders.EncoderOutput, valid: list[int]):
+        spec = self.spec
+        tokens = {layer: layout.to_stored(output.layers[layer], spec.dtype) for layer in spec.layers}
+        prefix = {layer: layout.to_stored(output.prefix[layer], spec.dtype) for layer in spec.layers} \
+            if spec.num_prefix else {}
+        for row, index in enumerate(indices):
+            chunk = index // spec.chunk_clips
+            self._parts.setdefault(chunk, []).append((
+                index,
+                {layer: tokens[layer][row] for layer in spec.layers},
+                {layer: prefix[layer][row] for layer in prefix},
+                valid[row],
+            ))
+            start, stop = spec.chunk_range(chunk)
+            if len(self._parts[chunk]) == stop - start:
+                yield chunk, self._assemble(self._parts.pop(chunk))
+
+    def _assemble(self, parts: list) -> tuple[dict, dict, np.ndarray]:
+        parts.sort(key=lambda part: part[0])
+        tokens = {layer: np.stack([p[1][layer] for p in parts]) for layer in self.spec.layers}
+        prefix = {layer: np.stack([p[2][layer] for p in parts]) for layer in parts[0][2]}
+        return tokens, prefix, np.array([p[3] for p in parts], np.int32)

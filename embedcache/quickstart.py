@@ -1,0 +1,69 @@
+"""`embedcache quickstart`: build the bundled sample set, extract it, train a few probes on the cached tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from embedcache.extract import ExtractConfig, ExtractReport, extract
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class QuickstartResult:
+    """Where everything went, and what ran."""
+
+    manifest: Path
+    store: Path
+    encoder: str
+    extract: ExtractReport
+    probe_table: str | None
+
+
+def default_encoder() -> tuple[str, str | None, str]:
+    """(encoder name, checkpoint, why): the offline Whisper demo when installed, else melpatch."""
+    try:
+        from embedcache.encoders.whisper import find_demo_whisper_checkpoint
+    except ImportError:
+        find_demo_whisper_checkpoint = None
+    checkpoint = find_demo_whisper_checkpoint() if find_demo_whisper_checkpoint else None
+    if checkpoint is not None:
+        return "whisper", str(checkpoint), f"Whisper tiny.en from the installed demo extra ({checkpoint})"
+    return "melpatch", None, "melpatch (weight-free log-mel patches); install '.[demo]' for a pretrained Whisper"
+
+
+def run_quickstart(
+    data_dir: Path = REPO_ROOT / "data" / "sample",
+    out_dir: Path = REPO_ROOT / "runs" / "quickstart",
+    encoder: str | None = None,
+    probes: tuple[str, ...] = ("linear", "attentive", "protobin"),
+    seeds: int = 1,
+    progress: bool = True,
+    log=print,
+) -> QuickstartResult:
+    """Build the sample set, extract it with the default encoder, and train `probes` on the store."""
+    from embedcache.datasets.sample import build_sample_set
+
+    manifest = build_sample_set(data_dir)
+    log(f"sample set: {manifest}")
+    if encoder is None:
+        encoder, checkpoint, why = default_encoder()
+        log(f"encoder: {why}")
+    else:
+        checkpoint = None
+    store = Path(out_dir) / f"sample-{encoder}.zarr"
+    report = extract(ExtractConfig(
+        encoder=encoder, checkpoint=checkpoint, manifest=str(manifest), out=str(store), progress=progress,
+        overwrite=True,
+    ))
+    log(f"store: {store} ({report.clips_written} clips in {report.seconds:.1f} s, "
+        f"{report.clips_per_second:.1f} clips/s on {report.device})")
+    table = None
+    if probes:
+        from embedcache.probe import format_comparison_table, run_probe
+
+        probe_report = run_probe(str(store), list(probes), Path(out_dir) / "probes", seeds=seeds,
+                                 ledger=Path(out_dir) / "ledger.csv")
+        table = format_comparison_table(probe_report)
+    return QuickstartResult(manifest=manifest, store=store, encoder=encoder, extract=report, probe_table=table)
