@@ -23,7 +23,7 @@ def _parse_options(items: tuple[str, ...]) -> dict:
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
-    index, sep, count = text.partition("/")
+    index, _, count = text.partition("/")
     try:
         return int(index), int(count)
     except ValueError:
@@ -39,7 +39,9 @@ def encoders_command() -> None:
 
 @click.command("extract")
 @click.option("--encoder", required=True, help="Registry name (see `embedcache encoders`) or package.module:factory.")
-@click.option("--manifest", required=True, type=click.Path(dir_okay=False), help="CSV/JSONL: clip_id,path,labels,split.")
+@click.option(
+    "--manifest", required=True, type=click.Path(dir_okay=False), help="CSV/JSONL: clip_id,path,labels,split."
+)
 @click.option("--out", required=True, help="Store path (a directory ending in .zarr).")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="Official checkpoint file.")
 @click.option("--random-init", is_flag=True, help="Seeded random weights (tests and smoke runs only; recorded).")

@@ -154,7 +154,7 @@ def shard_units(n_units: int, shard: tuple[int, int]) -> range:
 
 def _provenance(config: ExtractConfig, encoder: encoders.Encoder, manifest: Manifest, extra: dict) -> dict:
     return {
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": {
             "embedcache": embedcache.__version__,
             "torch": torch.__version__,

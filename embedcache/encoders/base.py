@@ -76,7 +76,9 @@ def resolve_layers(spec: str | Sequence[int], num_layers: int) -> list[int]:
         try:
             items = [int(part) for part in text.split(",") if part.strip()]
         except ValueError:
-            raise ValueError(f"--layers {spec!r}: use 'last', 'all' or comma-separated integers like '-1,-4'")
+            raise ValueError(
+                f"--layers {spec!r}: use 'last', 'all' or comma-separated integers like '-1,-4'"
+            ) from None
     else:
         items = [int(i) for i in spec]
     if not items:

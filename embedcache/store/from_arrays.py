@@ -10,7 +10,13 @@ import torch
 
 from embedcache.store import layout
 from embedcache.store.reader import TokenStore
-from embedcache.store.writer import StoreSpec, create_store, fingerprint_of, mark_complete_if_done, write_chunk
+from embedcache.store.writer import (
+    StoreSpec,
+    create_store,
+    fingerprint_of,
+    mark_complete_if_done,
+    write_chunk,
+)
 
 
 def _as_tensor(array) -> torch.Tensor:

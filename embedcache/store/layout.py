@@ -2,7 +2,8 @@
 
 A store is a plain Zarr v3 group that anyone can open with `zarr.open_group` and no embedcache:
 
-    zarr.json                  attributes["embedcache"] = {format_version, status, layout, provenance, fingerprint, skipped}
+    zarr.json                  attributes["embedcache"] =
+                                 {format_version, status, layout, provenance, fingerprint, skipped}
     tokens/layer_<i>           [N, T, D] patch tokens of block i, time-major (t * n_freq + f); chunks = whole clips
     prefix/layer_<i>           [N, P, D] prefix (cls, distillation) tokens of block i; absent when P = 0
     valid_tokens               [N] int32: row n's first valid_tokens[n] tokens hold real audio, the rest is padding

@@ -29,7 +29,9 @@ class TokenStore:
         try:
             group = zarr.open_group(str(path), mode="r")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-            raise StoreError(f"{path}: no token store there (run `embedcache extract ... --out {path}` first)") from None
+            raise StoreError(
+                f"{path}: no token store there (run `embedcache extract ... --out {path}` first)"
+            ) from None
         store = cls(group, str(path))
         if not allow_incomplete and not store.is_complete:
             missing = len(pending_chunks(group))

@@ -8,7 +8,7 @@ from embedcache.store.reader import TokenStore
 def summarize(store: TokenStore) -> dict:
     """Counts, shapes, sizes and provenance of a store as plain data."""
     spec, provenance = store.spec, store.provenance
-    split_counts = {name: int(len(store.split_indices(name))) for name in store.split_names}
+    split_counts = {name: len(store.split_indices(name)) for name in store.split_names}
     positives = store.labels.sum(axis=0)
     raw = spec.token_nbytes()
     disk = store.disk_nbytes()

@@ -103,7 +103,7 @@ def create_store(
                 compressors=codecs,
                 fill_value=0,
             )
-    small = dict(chunks=(max(1, n),), compressors=codecs)
+    small = {"chunks": (max(1, n),), "compressors": codecs}
     group.create_array("valid_tokens", shape=(n,), dtype="int32", chunks=(spec.chunk_clips,), compressors=codecs)
     group.create_array("num_samples", shape=(n,), dtype="int64", **small)[:] = np.asarray(num_samples, np.int64)
     group.create_array(
@@ -149,7 +149,8 @@ def open_for_resume(path: str | Path, fingerprint: str, fingerprint_fields: dict
     attrs = store_attrs(group)
     if attrs["fingerprint"] != fingerprint:
         old = attrs["provenance"].get("fingerprint_fields", {})
-        changed = sorted(key for key in set(old) | set(fingerprint_fields) if old.get(key) != fingerprint_fields.get(key))
+        keys = set(old) | set(fingerprint_fields)
+        changed = sorted(key for key in keys if old.get(key) != fingerprint_fields.get(key))
         raise StoreError(
             f"{path}: a store made with different settings is already there "
             f"(differs in: {', '.join(changed) or 'unknown fields'}); resume with the same arguments, "
