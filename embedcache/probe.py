@@ -45,10 +45,10 @@ DEFAULT_CONFIG: dict = {
     "splits": {"train": "train", "valid": "valid", "test": "test"},
     "split_stores": {},
     "heads": ["linear", "attentive", "protobin"],
-    "grid": {"lr": [1e-3], "weight_decay": [1e-4]},
+    "grid": {"lr": [1e-3, 3e-3, 1e-2], "weight_decay": [1e-4]},
     "seeds": 1,
     "seed": 0,
-    "train": TrainConfig(epochs=10, batch_size=32).to_dict(),
+    "train": TrainConfig(epochs=30, batch_size=32).to_dict(),
 }
 
 LEDGER_COLUMNS = [
@@ -101,7 +101,8 @@ def _resolve_head(entry, grid: dict, index: int) -> dict:
         raise ConfigError(f"heads[{index}]: unknown key(s) {unknown}; use name, kind, lr, weight_decay, options")
     kind = entry["kind"]
     if kind not in head_registry.HEAD_KINDS:
-        raise ConfigError(f"heads[{index}]: unknown head kind {kind!r}; choose from {', '.join(head_registry.HEAD_KINDS)}")
+        choices = ", ".join(head_registry.HEAD_KINDS)
+        raise ConfigError(f"heads[{index}]: unknown head kind {kind!r}; choose from {choices}")
     return {
         "name": str(entry.get("name", kind)),
         "kind": kind,
@@ -223,7 +224,9 @@ def _open_data(config: dict) -> dict[str, SplitData]:
     # Open (and check) every split before any training, so a bad test split fails in seconds, not after hours.
     for store, split in requests:
         if len(store.split_indices(split)) == 0:
-            raise StoreError(f"{store.path}: split {split!r} has no clips; map the roles in `splits` to non-empty splits")
+            raise StoreError(
+                f"{store.path}: split {split!r} has no clips; map the roles in `splits` to non-empty splits"
+            )
     data = dict(zip(roles, open_splits(requests, config["layer"], train_config)))
     _check_train_positives(data["train"])
     return data
@@ -252,10 +255,12 @@ def run_probe(
     config: dict | None = None,
     seeds: int | None = None,
     ledger: str | Path | None = None,
+    overwrite: bool = False,
 ) -> ProbeReport:
     """Train every head configuration per seed in one bank, choose each head's lr/wd on validation, test it once.
 
     head_kinds (None: the config's heads) and seeds override the config; the ledger defaults to <out>/../ledger.csv.
+    An out_dir that already holds a run is refused unless overwrite=True (the ledger keeps every earlier row).
     """
     out_dir = Path(out_dir).resolve()
     overrides = {"store": _absolute(store_path) if store_path is not None else None, "seeds": seeds}
@@ -264,8 +269,10 @@ def run_probe(
     resolved = resolve_config(config, **overrides)
     if resolved["store"] is None:
         raise ConfigError("no store given: pass STORE or set `store:` in the config")
-    if (out_dir / "metrics.json").exists():
-        raise ConfigError(f"{out_dir} already holds a probe run (metrics.json); choose a new --out or remove it")
+    if (out_dir / "metrics.json").exists() and not overwrite:
+        raise ConfigError(
+            f"{out_dir} already holds a probe run (metrics.json); choose a new --out, or pass --overwrite to replace it"
+        )
     if resolved["splits"].get("valid") is None and any(
         len(h["lr"]) * len(h["weight_decay"]) > 1 for h in resolved["heads"]
     ):
@@ -275,6 +282,10 @@ def run_probe(
     resolved["layer"] = train.layer
     multilabel = train.store.is_multilabel if resolved["task"] is None else resolved["task"] == "multilabel"
     resolved["task"] = "multilabel" if multilabel else "multiclass"
+    if not multilabel and (train.store.labels.sum(axis=1) != 1).any():
+        raise ConfigError(
+            f"task: multiclass, but {train.store.path} has clips with zero or several labels; use task: multilabel"
+        )
     metric = selection_metric(multilabel)
 
     # Phase 1: one bank per seed (the seed sets both the heads' init and the data order).
@@ -299,7 +310,10 @@ def run_probe(
         def mean_valid(candidate: tuple[float, float], name: str = head["name"]) -> float:
             values = [row[f"valid_{metric}"] for row in sweep if row["head"] == name
                       and (row["lr"], row["weight_decay"]) == candidate]
-            return float(np.mean(values)) if valid is not None else 0.0
+            if valid is None:
+                return 0.0
+            mean = float(np.mean(values))
+            return mean if np.isfinite(mean) else -np.inf  # a diverged configuration never wins
 
         # First best wins ties, so the choice does not depend on float noise in later grid points.
         chosen = max(candidates, key=mean_valid)
@@ -364,6 +378,8 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -
 def _write_run(report: ProbeReport, banks: list, store: TokenStore) -> None:
     run_dir = report.run_dir
     (run_dir / "weights").mkdir(parents=True, exist_ok=True)
+    for stale in (run_dir / "weights").glob("*.safetensors"):  # an overwritten run must not keep old heads
+        stale.unlink()
     (run_dir / "config.yaml").write_text(yaml.safe_dump(report.config, sort_keys=False))
     metrics = {
         "store": report.config["store"],
@@ -488,11 +504,12 @@ def _fmt(mean: float | None, std: float | None) -> str:
 def _rows_from_ledger(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        key = (row["store"], row["layer"], row["head"], row["kind"], row["options"], row["lr"], row["weight_decay"],
-               row["epochs"], row["metric"])
+        # One line per run and head configuration: a run's seeds are averaged, separate runs stay apart.
+        key = (row["run_dir"], row["store"], row["layer"], row["head"], row["kind"], row["options"], row["lr"],
+               row["weight_decay"], row["metric"])
         groups.setdefault(key, []).append(row)
     table = []
-    for (store, layer, head, kind, _, lr, wd, _, metric), members in groups.items():
+    for (run_dir, store, layer, head, kind, _, lr, wd, metric), members in groups.items():
         def stats(column: str, members: list[dict] = members) -> tuple[float | None, float | None]:
             values = np.array([float(m[column]) for m in members if m.get(column) not in ("", None)])
             if not len(values):
@@ -500,8 +517,8 @@ def _rows_from_ledger(rows: list[dict]) -> list[dict]:
             return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
         table.append({
-            "store": Path(store).name, "layer": layer, "head": head, "kind": kind, "lr": float(lr),
-            "weight_decay": float(wd), "params": int(members[0]["num_parameters"]), "seeds": len(members),
+            "run": Path(run_dir).name, "store": Path(store).name, "layer": layer, "head": head, "kind": kind,
+            "lr": float(lr), "weight_decay": float(wd), "params": int(members[0]["num_parameters"]), "seeds": len(members),
             "metric": metric, "valid": stats("valid"), "test": stats("test"), "test_map": stats("test_map"),
         })
     return table
@@ -528,13 +545,14 @@ def format_comparison_table(report_or_rows: ProbeReport | Sequence[dict]) -> str
     if not rows:
         return "(no results)"
     multi_store = len({row["store"] for row in rows}) > 1
-    header = (["store"] if multi_store else []) + [
+    prefix_columns = (["run"] if "run" in rows[0] else []) + (["store"] if multi_store else [])
+    header = prefix_columns + [
         "head", "kind", "layer", "lr", "wd", "params", "seeds", "valid", "test mAP (%)", "test metric (%)"]
     lines = []
     for row in rows:
         metric_cell = f"{row['metric']} {_fmt(*row['test'])}" if row["metric"] != "map" else "-"
         valid_cell = f"{row['metric']} {_fmt(*row['valid'])}"
-        lines.append(([row["store"]] if multi_store else []) + [
+        lines.append([row[column] for column in prefix_columns] + [
             row["head"], row["kind"], str(row["layer"]), f"{row['lr']:g}", f"{row['weight_decay']:g}",
             f"{row['params']:,}", str(row["seeds"]), valid_cell, _fmt(*row["test_map"]), metric_cell,
         ])
