@@ -230,3 +230,97 @@ class MelDb(torch.nn.Module):
             low, high = cfg.minmax
             db = (db - low) / (high - low) * 2 - 1
         return db.transpose(1, 2)
+
+
+def dasheng_mel_config(
+    n_fft: int = 512,
+    win_length: int = 512,
+    hop_length: int = 160,
+    n_mels: int = 64,
+    f_min: float = 0.0,
+    f_max: float = 8000.0,
+    top_db: float = 120.0,
+) -> MelDbConfig:
+    """Dasheng: 64 mels 0-8000 Hz, n_fft 512, dB with top_db 120 floored per clip, no scaling (BatchNorm follows).
+
+    The official 3-D call floors the whole batch at once; per clip keeps a clip's features independent of its
+    batch mates and equals the official output for batch size 1.
+    """
+    return MelDbConfig(
+        n_fft=n_fft,
+        win_length=win_length,
+        hop_length=hop_length,
+        n_mels=n_mels,
+        f_min=f_min,
+        f_max=f_max,
+        top_db=top_db,
+        top_db_scope="sample",
+        minmax=None,
+    )
+
+
+@dataclass(frozen=True)
+class WhisperLogMelConfig:
+    """OpenAI Whisper's log-mel: |STFT|^2 (n_fft 400, hop 160, periodic Hann, center/reflect, last frame dropped)
+    -> Slaney mel filters (librosa's, rebuilt with torchaudio) -> log10(max(x, 1e-10)) -> floor at max - 8
+    -> (x + 4) / 4, on audio zero-padded to whole windows of `window_frames` frames (3000 = 30 s).
+
+    The max is taken per clip (over all its windows, as `transcribe` does for one file), never across a batch.
+    Output is laid out [B, n_mels, frames] (frequency first), as the encoder's Conv1d expects.
+    """
+
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    n_mels: int = 80
+    window_frames: int = 3000
+
+    @property
+    def window_samples(self) -> int:
+        return self.window_frames * self.hop_length
+
+    def num_windows(self, num_samples: int) -> int:
+        """How many encoder windows a clip of `num_samples` fills (at least one)."""
+        return max(1, -(-num_samples // self.window_samples))
+
+    def num_frames(self, num_samples: int) -> int:
+        return self.num_windows(num_samples) * self.window_frames
+
+    def describe(self) -> dict:
+        """JSON-able description recorded in the store's provenance."""
+        return {
+            "kind": "whisper-log-mel",
+            "implementation": "torch.stft + torchaudio.functional.melscale_fbanks(norm='slaney', mel_scale='slaney')",
+            "window": "hann (periodic)",
+            "center": True,
+            "log": "log10(clamp(mel, 1e-10)); max(x, clip max - 8); (x + 4) / 4",
+            **dataclasses.asdict(self),
+        }
+
+
+class WhisperLogMel(torch.nn.Module):
+    """Waveform batch [B, S] -> Whisper log-mel [B, n_mels, num_windows * window_frames]."""
+
+    def __init__(self, config: WhisperLogMelConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("window", torch.hann_window(config.n_fft), persistent=False)
+        filters = torchaudio.functional.melscale_fbanks(
+            config.n_fft // 2 + 1, 0.0, config.sample_rate / 2, config.n_mels, config.sample_rate,
+            norm="slaney", mel_scale="slaney",
+        )
+        self.register_buffer("filters", filters.T.contiguous(), persistent=False)  # [n_mels, n_fft // 2 + 1]
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if wave.dim() != 2:
+            raise ConfigError(f"whisper log-mel expects a waveform batch [B, S], got shape {tuple(wave.shape)}")
+        frames = cfg.num_frames(wave.shape[-1])
+        # Zeros past the last window (one FFT more) so every kept frame sees what Whisper's 30 s zero pad gives.
+        padded = F.pad(wave.float(), (0, frames * cfg.hop_length + cfg.n_fft - wave.shape[-1]))
+        stft = torch.stft(padded, cfg.n_fft, cfg.hop_length, window=self.window, return_complex=True)
+        power = stft[..., :-1].abs() ** 2  # [B, F, frames + extra]; Whisper drops the last frame
+        log_spec = torch.clamp(self.filters @ power, min=1e-10).log10()
+        peak = log_spec.amax(dim=(1, 2), keepdim=True)
+        log_spec = torch.maximum(log_spec, peak - 8.0)
+        return ((log_spec + 4.0) / 4.0)[..., :frames]
