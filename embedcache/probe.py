@@ -518,8 +518,9 @@ def _rows_from_ledger(rows: list[dict]) -> list[dict]:
 
         table.append({
             "run": Path(run_dir).name, "store": Path(store).name, "layer": layer, "head": head, "kind": kind,
-            "lr": float(lr), "weight_decay": float(wd), "params": int(members[0]["num_parameters"]), "seeds": len(members),
-            "metric": metric, "valid": stats("valid"), "test": stats("test"), "test_map": stats("test_map"),
+            "lr": float(lr), "weight_decay": float(wd), "params": int(members[0]["num_parameters"]),
+            "seeds": len(members), "metric": metric, "valid": stats("valid"), "test": stats("test"),
+            "test_map": stats("test_map"),
         })
     return table
 

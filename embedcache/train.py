@@ -330,7 +330,9 @@ def _slice(batch: RawBatch, start: int, stop: int) -> RawBatch:
     )
 
 
-def _prefetched(read, windows: list[tuple[np.ndarray, np.ndarray]], depth: int) -> Iterator[tuple[RawBatch, np.ndarray]]:
+def _prefetched(
+    read, windows: list[tuple[np.ndarray, np.ndarray]], depth: int
+) -> Iterator[tuple[RawBatch, np.ndarray]]:
     """Read windows in a background thread, `depth` ahead of the consumer, in the given order."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
