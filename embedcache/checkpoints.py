@@ -23,8 +23,27 @@ def _numpy_scalar_types() -> list:
     return types
 
 
-# Plain data containers found in official files (AudioMAE/ASiT/M2D keep `args` as an argparse.Namespace).
-SAFE_GLOBALS: list = [argparse.Namespace, *_numpy_scalar_types()]
+class MetadataDict(dict):
+    """Stand-in for dict subclasses that training frameworks pickle as metadata (Lightning's AttributeDict)."""
+
+
+def _numpy_legacy_names() -> list:
+    # Files written with numpy 1.x name the scalar rebuilder numpy.core.*, numpy 2.x numpy._core.*.
+    multiarray = getattr(np, "_core", None) or np.core
+    scalar = multiarray.multiarray.scalar
+    return [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+
+
+# Plain data containers found in official files (AudioMAE/ASiT/M2D keep `args` as an argparse.Namespace;
+# Lightning .ckpt files keep hyper_parameters as an AttributeDict, loaded here as a plain dict).
+SAFE_GLOBALS: list = [
+    argparse.Namespace,
+    *_numpy_scalar_types(),
+    *_numpy_legacy_names(),
+    (MetadataDict, "pytorch_lightning.utilities.parsing.AttributeDict"),
+    (MetadataDict, "lightning_fabric.utilities.data.AttributeDict"),
+    (MetadataDict, "lightning.fabric.utilities.data.AttributeDict"),
+]
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
@@ -61,9 +80,7 @@ def load_checkpoint(path: str | Path) -> dict:
     return dict(loaded)
 
 
-def find_state_dict(
-    checkpoint: Mapping, path: str | Path, containers: Iterable[str]
-) -> dict[str, torch.Tensor]:
+def find_state_dict(checkpoint: Mapping, path: str | Path, containers: Iterable[str]) -> dict[str, torch.Tensor]:
     """The tensor mapping inside `checkpoint`: the first of `containers` present, else the checkpoint itself."""
     for key in containers:
         if key in checkpoint and isinstance(checkpoint[key], Mapping):

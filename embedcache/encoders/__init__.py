@@ -14,6 +14,11 @@ __all__ = ["Encoder", "EncoderOutput", "available", "create", "register", "resol
 _BUILTINS: dict[str, str] = {
     "melpatch": "embedcache.encoders.melpatch:create_melpatch",
     "vit": "embedcache.encoders.vit:create_vit",
+    "audiomae": "embedcache.encoders.vit_families:create_audiomae",
+    "ast": "embedcache.encoders.vit_families:create_ast",
+    "eat": "embedcache.encoders.vit_families:create_eat",
+    "sslam": "embedcache.encoders.vit_families:create_sslam",
+    "atst_frame": "embedcache.encoders.vit_families:create_atst_frame",
 }
 _REGISTERED: dict[str, Callable[..., Encoder]] = {}
 
