@@ -8,8 +8,7 @@ import torch
 import zarr
 
 from embedcache.errors import StoreError
-from embedcache.store import TokenStore, write_store
-from embedcache.store import layout
+from embedcache.store import TokenStore, layout, write_store
 from embedcache.store.writer import StoreSpec, create_store, mark_complete_if_done, write_chunk
 
 
