@@ -72,7 +72,7 @@ def from_class_folders(
             clips.append(Clip(clip_id, file, (class_dir.name,), split))
     if not clips:
         raise ConfigError(f"{root}: no class folders with audio ({', '.join(sorted(AUDIO_SUFFIXES))}) found")
-    return write_manifest(_out_path(root, out), clips, label_names)
+    return write_manifest(_out_path(root, out), _by_split(clips), label_names)
 
 
 def from_esc50(root: str | Path, out: str | Path | None = None) -> Path:
@@ -122,7 +122,7 @@ def from_fsd50k(root: str | Path, out: str | Path | None = None) -> Path:
             if split is None:
                 raise ConfigError(f"{path}: clip {row['fname']} has split {row['split']!r}; expected train or val")
             clips.append(Clip(row["fname"], root / audio_name / f"{row['fname']}.wav", labels, split))
-    return write_manifest(_out_path(root, out), clips, label_names)
+    return write_manifest(_out_path(root, out), _by_split(clips), label_names)
 
 
 def from_audioset(
@@ -209,6 +209,11 @@ def _find_segment_audio(by_stem: dict[str, Path], ytid: str, start: str, end: st
             if stem in by_stem:
                 return by_stem[stem]
     return None
+
+
+def _by_split(clips: list[Clip]) -> list[Clip]:
+    """Clips grouped train, valid, test (stable), so split names appear in that order."""
+    return sorted(clips, key=lambda clip: SPLIT_NAMES.index(clip.split))
 
 
 def _stratified_splits(count: int, ratios: tuple[float, ...], rng: np.random.Generator) -> list[str]:
