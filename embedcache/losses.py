@@ -59,7 +59,9 @@ def class_indices(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     if targets.dim() == 1:
         return targets.long()
     if targets.dim() != 2 or targets.shape[1] != num_classes:
-        raise ValueError(f"ce loss: targets must be [B] indices or [B, {num_classes}] one-hot, got {tuple(targets.shape)}")
+        raise ValueError(
+            f"ce loss: targets must be [B] indices or [B, {num_classes}] one-hot, got {tuple(targets.shape)}"
+        )
     ones = targets == 1
     if not bool((ones.sum(dim=1) == 1).all()) or not bool(((targets == 0) | ones).all()):
         raise ValueError(
