@@ -292,6 +292,12 @@ def extract(config: ExtractConfig) -> ExtractReport:
             group = _wait_for_store(out, config.wait_for_store_s)
             open_for_resume(out, fingerprint, fingerprint_fields)
 
+    if config.progress:
+        tqdm.write(
+            f"{out}: {n_clips} clips x {len(layers)} layer(s) x [T={spec.num_tokens}, D={spec.embed_dim}] "
+            f"{config.dtype} = about {spec.token_nbytes() / 1e9:.3f} GB before compression",
+            file=sys.stderr,
+        )
     return _run(config, encoder, manifest, spec, group, device, workers, batch_size, skipped)
 
 

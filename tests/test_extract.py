@@ -159,3 +159,17 @@ def test_cli_extract_and_info(tiny_manifest, tmp_path):
     bad = runner.invoke(main, ["extract", "--encoder", "nope", "--manifest", str(tiny_manifest), "--out",
                                str(tmp_path / "x.zarr")])
     assert bad.exit_code == 1 and "unknown encoder 'nope'" in bad.output
+
+
+def test_random_vit_all_layers_with_prefix_tokens(tiny_manifest, tmp_path):
+    out = tmp_path / "vit.zarr"
+    extract(_config(tiny_manifest, out, encoder="vit", random_init=True, layers="all", clip_seconds=1.0))
+    store = TokenStore.open(out)
+    assert store.layers == [0, 1] and store.num_prefix == 1 and store.grid == (6, 8)
+    assert store.provenance["encoder"]["random_init"] is True
+    assert store.provenance["encoder"]["config"]["random_init"] is True
+    first, last = store.read_tokens(0, 0, 12).float(), store.read_tokens(1, 0, 12).float()
+    assert first.shape == (12, 48, 64) and not torch.allclose(first, last)
+    assert torch.isfinite(store.read_prefix(1, 0, 12).float()).all()
+    # half-length clips: tokens of time steps 3..5 are padding
+    assert store.valid_tokens[3] == 3 * 8 and store.valid_tokens[0] == 48
