@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import pickle
 import zipfile
@@ -23,10 +24,6 @@ def _numpy_scalar_types() -> list:
     return types
 
 
-class MetadataDict(dict):
-    """Stand-in for dict subclasses that training frameworks pickle as metadata (Lightning's AttributeDict)."""
-
-
 def _numpy_legacy_names() -> list:
     # Files written with numpy 1.x name the scalar rebuilder numpy.core.*, numpy 2.x numpy._core.*.
     multiarray = getattr(np, "_core", None) or np.core
@@ -35,14 +32,14 @@ def _numpy_legacy_names() -> list:
 
 
 # Plain data containers found in official files (AudioMAE/ASiT/M2D keep `args` as an argparse.Namespace;
-# Lightning .ckpt files keep hyper_parameters as an AttributeDict, loaded here as a plain dict).
+# Lightning .ckpt files keep hyper_parameters as an AttributeDict, a dict subclass loaded here as an OrderedDict).
 SAFE_GLOBALS: list = [
     argparse.Namespace,
     *_numpy_scalar_types(),
     *_numpy_legacy_names(),
-    (MetadataDict, "pytorch_lightning.utilities.parsing.AttributeDict"),
-    (MetadataDict, "lightning_fabric.utilities.data.AttributeDict"),
-    (MetadataDict, "lightning.fabric.utilities.data.AttributeDict"),
+    (collections.OrderedDict, "pytorch_lightning.utilities.parsing.AttributeDict"),
+    (collections.OrderedDict, "lightning_fabric.utilities.data.AttributeDict"),
+    (collections.OrderedDict, "lightning.fabric.utilities.data.AttributeDict"),
 ]
 
 

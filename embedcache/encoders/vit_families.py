@@ -52,8 +52,9 @@ def _heads(embed_dim: int, options: dict) -> int:
     return heads
 
 
-def _common(state: Tensors, options: dict) -> dict:
-    """Sizes every family reads from shapes: embed dim, depth, heads, MLP width, qkv bias."""
+def _common(state: Tensors, options: dict, final_norm_layers: str = "last") -> dict:
+    """Sizes every family reads from shapes (embed dim, depth, MLP width, qkv bias) plus heads and
+    which returned layers get the final norm (options num_heads, final_norm_layers)."""
     embed_dim = state["patch_embed.proj.weight"].shape[0]
     return {
         "embed_dim": embed_dim,
@@ -61,6 +62,7 @@ def _common(state: Tensors, options: dict) -> dict:
         "num_heads": _heads(embed_dim, options),
         "mlp_hidden": state["blocks.0.mlp.fc1.weight"].shape[0],
         "qkv_bias": "blocks.0.attn.qkv.bias" in state,
+        "final_norm_layers": options.pop("final_norm_layers", final_norm_layers),
     }
 
 
@@ -136,11 +138,9 @@ def atst_frame_spec(state: Tensors, frontend: MelDbConfig, options: dict) -> ViT
     `norm_frame` on every returned layer (as the official get_intermediate_layers), 1001-frame chunks."""
     kernel_f, kernel_t = state["patch_embed.proj.weight"].shape[2:]
     rows = state["pos_embed"].shape[1] - 1
-    norm_layers = options.pop("final_norm_layers", "all")
     return ViTSpec(
-        **_common(state, options),
+        **_common(state, options, final_norm_layers="all"),
         n_freq_bins=frontend.n_mels,
-        final_norm_layers=norm_layers,
         input_layout=FREQ_FIRST,
         patch=(kernel_t, kernel_f),
         stride=(kernel_t, kernel_f),
