@@ -40,7 +40,10 @@ def check_audio(path: str | Path) -> str | None:
 def decode_mono(path: str | Path) -> tuple[np.ndarray, int]:
     """Fully decode a file at its own rate to float32 mono [S]; returns (wave, sample rate)."""
     path = Path(path)
-    reason = _file_problem(path)
+    try:
+        reason = _file_problem(path)
+    except OSError as error:
+        reason = f"cannot read file ({error.strerror or error})"
     if reason is None:
         try:
             with sf.SoundFile(path) as handle:
@@ -50,6 +53,8 @@ def decode_mono(path: str | Path) -> tuple[np.ndarray, int]:
                 data = handle.read(dtype="float32", always_2d=True)  # [S, channels]
         except (sf.LibsndfileError, RuntimeError, ValueError) as error:
             reason = f"not audio, truncated or corrupt (libsndfile: {_short(error)})"
+        except OSError as error:
+            reason = f"cannot read file ({error.strerror or error})"
         else:
             reason = _decoded_problem(data, expected, tolerance)
     if reason is not None:

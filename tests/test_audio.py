@@ -151,3 +151,15 @@ def test_truncated_wav_reports_declared_and_present_bytes(tmp_path: Path) -> Non
 
 def test_folder_is_not_audio(tmp_path: Path) -> None:
     assert check_audio(tmp_path) == "not a file"
+
+
+def test_unreadable_file_is_a_reason_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "locked.wav"
+    sf.write(path, tone(0.1, 16000), 16000)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    # Root ignores file modes, so simulate the open failing the way it does for other users.
+    monkeypatch.setattr(sf, "SoundFile", refuse)
+    assert check_audio(path) == "cannot read file (Permission denied)"
