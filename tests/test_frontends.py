@@ -11,6 +11,9 @@ from embedcache.errors import ConfigError
 from embedcache.frontends import (
     KaldiFbank,
     KaldiFbankConfig,
+    MelDb,
+    MelDbConfig,
+    atst_mel_config,
     audioset_fbank_config,
     beats_fbank_config,
     eat_fbank_config,
@@ -26,12 +29,8 @@ def test_audioset_fbank_matches_ast_fixture_raw_and_padded(encoder_fixtures):
     frontend = KaldiFbank(audioset_fbank_config())
     raw = frontend.log_mel(wave).numpy()
     features = frontend(wave).numpy()
-    np.testing.assert_allclose(
-        raw, np.load(encoder_fixtures / "ast" / "expected_fbank_raw.npy"), atol=1e-3, rtol=0
-    )
-    np.testing.assert_allclose(
-        features, np.load(encoder_fixtures / "ast" / "expected_fbank.npy"), atol=1e-4, rtol=0
-    )
+    np.testing.assert_allclose(raw, np.load(encoder_fixtures / "ast" / "expected_fbank_raw.npy"), atol=1e-3, rtol=0)
+    np.testing.assert_allclose(features, np.load(encoder_fixtures / "ast" / "expected_fbank.npy"), atol=1e-4, rtol=0)
     assert features.shape == (1, 1024, 128)
 
 
@@ -39,9 +38,7 @@ def test_beats_fbank_matches_beats_fixture(encoder_fixtures):
     wave = _input(encoder_fixtures, "beats")
     features = KaldiFbank(beats_fbank_config())(wave).numpy()
     assert features.shape == (1, 298, 128)
-    np.testing.assert_allclose(
-        features, np.load(encoder_fixtures / "beats" / "expected_fbank.npy"), atol=1e-4, rtol=0
-    )
+    np.testing.assert_allclose(features, np.load(encoder_fixtures / "beats" / "expected_fbank.npy"), atol=1e-4, rtol=0)
 
 
 def test_eat_fbank_uses_rounded_constants_on_the_same_log_mel(encoder_fixtures):
@@ -112,3 +109,32 @@ def test_bad_config_and_input_raise_config_error():
         frontend(torch.zeros(16000))
     with pytest.raises(ConfigError, match="shorter than one"):
         frontend(torch.zeros(1, 100))
+
+
+def test_mel_db_matches_torchaudio_per_clip_and_batch_floors():
+    import torchaudio
+
+    gen = torch.Generator().manual_seed(3)
+    loud = torch.randn(1, 16000, generator=gen) * 0.3
+    quiet = torch.randn(1, 16000, generator=gen) * 1e-5
+    quiet[:, 8000:] = 0.0  # digital silence: the top_db floor matters
+    wave = torch.cat([loud, quiet])
+    config = atst_mel_config()
+    mel = torchaudio.transforms.MelSpectrogram(
+        16000, f_min=60, f_max=7800, hop_length=160, win_length=1024, n_fft=1024, n_mels=64
+    )(wave[:, None])  # [B, 1, 64, T]: 4-D input gives a per-clip floor
+    db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=80)(mel)
+    expected = ((db - (-79.6482)) / (50.6842 + 79.6482) * 2 - 1)[:, 0].transpose(1, 2)
+    features = MelDb(config)(wave)
+    assert features.shape == (2, 101, 64) and config.num_frames(16000) == 101
+    torch.testing.assert_close(features, expected, atol=1e-4, rtol=0)
+    # A batch-wide floor (3-D torchaudio input, as Dasheng) lifts the quiet clip's floor to the loud clip's.
+    batch = MelDbConfig(top_db=80, top_db_scope="batch", minmax=None)
+    batch_db = MelDb(batch)(wave)
+    reference = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=80)(mel[:, 0]).transpose(1, 2)
+    torch.testing.assert_close(batch_db, reference, atol=1e-3, rtol=0)
+    assert batch_db[1].min() > MelDb(dataclasses.replace(batch, top_db_scope="sample"))(wave)[1].min() + 10
+    described = json.loads(json.dumps(config.describe()))
+    assert described["kind"] == "mel-db" and described["minmax"] == [-79.6482, 50.6842]
+    with pytest.raises(ConfigError, match="top_db_scope"):
+        MelDbConfig(top_db_scope="clip")

@@ -315,7 +315,9 @@ class ViTEncoder(Encoder):
             raise ConfigError(
                 f"{self.name}: layers {bad or layers} do not exist; use 0..{self.num_layers - 1}"
             )
-        features = self.frontend(wave)  # [B, frames, bins]
+        # The front end stays in float32 under autocast (log-mel of half-precision FFTs loses ~1e-2).
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            features = self.frontend(wave.float())  # [B, frames, bins]
         per_chunk = []
         for start, stop in self._chunks(features.shape[1]):
             outputs, grid = self.model(features[:, start:stop], layers)
