@@ -169,13 +169,41 @@ def test_token_batch_refuses_bad_shapes():
         heads.TokenBatch(torch.ones(2, 3, 4), None, torch.ones(2, 1, 5))
 
 
-def test_masked_max_in_place_keeps_gradients_right():
-    values = torch.tensor([[[1.0], [5.0], [9.0]]], requires_grad=True)
-    scores = values * 2  # a fresh intermediate, as a matmul output
-    best = heads.masked_max(scores, torch.tensor([[True, True, False]]), inplace=True)
+def test_masked_max_ignores_padding_and_routes_gradient_to_the_argmax():
+    values = torch.tensor([[[1.0], [5.0], [9.0]], [[2.0], [3.0], [4.0]]], requires_grad=True)
+    best = heads.masked_max(values, torch.tensor([[True, True, False], [False, False, False]]))
     best.sum().backward()
-    assert best.tolist() == [[10.0]]
-    assert values.grad.flatten().tolist() == [0.0, 2.0, 0.0]
+    assert best.tolist() == [[5.0], [0.0]]
+    assert values.grad.flatten().tolist() == [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_prototype_scores_match_dense_autograd_and_pass_gradcheck():
+    generator = torch.Generator().manual_seed(4)
+    tokens = torch.randn(3, 5, 6, generator=generator, dtype=torch.float64)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False], [False] * 5])
+    unit_tokens = nn.functional.normalize(tokens, dim=-1).requires_grad_(True)
+    prototypes = torch.randn(4, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+
+    batch = heads.TokenBatch(tokens, mask)
+    batch.normalized = unit_tokens  # the shared quantity, made a leaf so its gradient can be checked
+    fast = prototype_scores(batch, prototypes)
+    (fast * weights).sum().backward()
+    fast_grads = prototypes.grad.clone(), unit_tokens.grad.clone()
+    prototypes.grad = unit_tokens.grad = None
+
+    dense = heads.masked_max(torch.matmul(unit_tokens, nn.functional.normalize(prototypes, dim=-1).t()), mask)
+    (dense * weights).sum().backward()
+    torch.testing.assert_close(fast, dense)
+    torch.testing.assert_close(fast_grads[0], prototypes.grad)
+    torch.testing.assert_close(fast_grads[1], unit_tokens.grad)
+
+    def scores(unit, protos):
+        batch = heads.TokenBatch(tokens, mask)
+        batch.normalized = unit
+        return prototype_scores(batch, protos)
+
+    assert torch.autograd.gradcheck(scores, (unit_tokens.detach().requires_grad_(True), prototypes))
 
 
 # ---- protobin: binarisation, STE, packing ---------------------------------------------------------------------------

@@ -81,15 +81,9 @@ class TokenBatch:
         return self.prefix[:, 0]
 
 
-def masked_max(values: torch.Tensor, mask: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """Max over dim 1 of values [B, T, K] at positions where mask [B, T] is True -> [B, K]; 0 where a row has none.
-
-    With inplace=True, `values` is overwritten (padding set to -inf) to spare a [B, T, K] copy; use it only on a
-    fresh intermediate whose values no autograd node saved (a matmul output is fine).
-    """
-    fill = mask.logical_not().unsqueeze(-1)
-    filled = values.masked_fill_(fill, -math.inf) if inplace else values.masked_fill(fill, -math.inf)
-    # max(dim) keeps only the argmax indices for backward, not the [B, T, K] input.
+def masked_max(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max over dim 1 of values [B, T, K] at positions where mask [B, T] is True -> [B, K]; 0 where a row has none."""
+    filled = values.masked_fill(mask.logical_not().unsqueeze(-1), -math.inf)
     best, _ = filled.max(dim=1)
     return torch.where(mask.any(dim=1, keepdim=True), best, torch.zeros((), dtype=best.dtype, device=best.device))
 

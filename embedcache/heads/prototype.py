@@ -3,12 +3,14 @@ Tokens, class-agnostic; protobin binarises its prototypes with a straight-throug
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 
 from embedcache.errors import ConfigError
-from embedcache.heads.base import ProbeHead, TokenBatch, make_linear, masked_max
+from embedcache.heads.base import ProbeHead, TokenBatch, make_linear
 
 
 def default_prototypes_per_class(num_classes: int) -> int:
@@ -22,12 +24,47 @@ def binarize(prototypes: torch.Tensor) -> torch.Tensor:
     return signs + (prototypes - prototypes.detach())
 
 
+class _MaxCosine(torch.autograd.Function):
+    """Max over real tokens of unit tokens [B, T, D] x unit prototypes [J, D] -> [B, J], keeping only the argmax
+    indices [B, J] for backward instead of the [B, T, J] similarity map."""
+
+    @staticmethod
+    def forward(ctx, unit_tokens: torch.Tensor, unit_prototypes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # One matmul on the shared unit tokens: [B, T, D] x [D, J] -> [B, T, J]; freed when forward returns.
+        similarity = torch.matmul(unit_tokens, unit_prototypes.t())
+        similarity.masked_fill_(mask.logical_not().unsqueeze(-1), -math.inf)
+        best, where = similarity.max(dim=1)
+        has_tokens = mask.any(dim=1, keepdim=True)
+        best = torch.where(has_tokens, best, torch.zeros((), dtype=best.dtype, device=best.device))
+        ctx.save_for_backward(unit_tokens, unit_prototypes, where, has_tokens)
+        return best
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        unit_tokens, unit_prototypes, where, has_tokens = ctx.saved_tensors
+        size, length, dim = unit_tokens.shape
+        weights = torch.where(has_tokens, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))  # [B, J]
+        rows = where + torch.arange(size, device=where.device).unsqueeze(1) * length  # [B, J] into [B * T] rows
+        flat_tokens = unit_tokens.reshape(size * length, dim)
+        grad_tokens = grad_prototypes = None
+        if ctx.needs_input_grad[1]:
+            # d best[b, j] / d p_j is the argmax token: a weighted gather-sum, B*J*D work instead of B*T*J*D.
+            grad_prototypes = nn.functional.embedding_bag(
+                rows.t(), flat_tokens, per_sample_weights=weights.t().to(flat_tokens.dtype), mode="sum"
+            ).to(unit_prototypes.dtype)
+        if ctx.needs_input_grad[0]:
+            contributions = weights.unsqueeze(-1).to(unit_prototypes.dtype) * unit_prototypes.unsqueeze(0)
+            grad_tokens = torch.zeros_like(flat_tokens).index_add_(
+                0, rows.reshape(-1), contributions.reshape(-1, dim).to(flat_tokens.dtype)
+            ).view(size, length, dim)
+        return grad_tokens, grad_prototypes, None
+
+
 def prototype_scores(batch: TokenBatch, prototypes: torch.Tensor) -> torch.Tensor:
-    """Max over real tokens of the cosine similarity to each prototype: [B, J] for prototypes [J, D]."""
+    """Max over real tokens of the cosine similarity to each prototype: [B, J] for prototypes [J, D]; 0 for a clip
+    with no real token."""
     unit = nn.functional.normalize(prototypes, dim=-1).to(batch.normalized.dtype)
-    # One matmul on the batch's shared unit tokens: [B, T, D] x [D, J] -> [B, T, J]; padding rows are zero vectors.
-    similarity = torch.matmul(batch.normalized, unit.t())
-    return masked_max(similarity, batch.mask, inplace=True)
+    return _MaxCosine.apply(batch.normalized, unit, batch.mask)
 
 
 def pack_signs(prototypes: torch.Tensor) -> dict:
