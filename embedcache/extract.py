@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import zarr
 from tqdm import tqdm
 
 import embedcache
-from embedcache import audio, encoders
+from embedcache import audio, distributed, encoders
 from embedcache.checkpoints import sha256_file
 from embedcache.datasets import Manifest, find_bad_rows
 from embedcache.errors import BadInputError, ConfigError, StoreError
@@ -219,6 +219,13 @@ def extract(config: ExtractConfig) -> ExtractReport:
     """Run the extract stage; resumes an interrupted store made with the same settings."""
     if config.dtype not in layout.DTYPES:
         raise ConfigError(f"--dtype {config.dtype!r}: choose one of {', '.join(layout.DTYPES)}")
+    launched = distributed.launched_rank()
+    if launched is not None and config.shard == (0, 1):
+        rank, world, local_rank = launched
+        config = replace(config, shard=(rank, world))
+        if config.device == "auto" and torch.cuda.is_available():
+            config = replace(config, device=f"cuda:{local_rank}")
+        distributed.init()
     device = resolve_device(config.device)
     encoder = encoders.create(
         config.encoder, checkpoint=config.checkpoint, random_init=config.random_init, **config.encoder_options
@@ -272,11 +279,12 @@ def extract(config: ExtractConfig) -> ExtractReport:
 
     out = str(config.out)
     shard_index, _ = config.shard
-    if config.overwrite and shard_index == 0:
-        remove_store(out)
-    group = open_for_resume(out, fingerprint, fingerprint_fields)
-    if group is None:
-        if shard_index == 0:
+    group = None
+    if shard_index == 0:
+        if config.overwrite:
+            remove_store(out)
+        group = open_for_resume(out, fingerprint, fingerprint_fields)
+        if group is None:
             _check_disk(out, spec.token_nbytes())
             provenance = _provenance(config, encoder, manifest, {
                 "device": str(device), "checkpoint_sha256": checkpoint_sha, "layers": layers,
@@ -288,9 +296,10 @@ def extract(config: ExtractConfig) -> ExtractReport:
                 np.array([split_names.index(c.split) for c in manifest.clips], np.uint8),
                 _real_lengths(manifest, encoder.sample_rate), provenance, fingerprint, skipped,
             )
-        else:
-            group = _wait_for_store(out, config.wait_for_store_s)
-            open_for_resume(out, fingerprint, fingerprint_fields)
+    distributed.barrier()  # under torchrun: every rank opens the store only after rank 0 made it
+    if group is None:
+        group = open_for_resume(out, fingerprint, fingerprint_fields) or _wait_for_store(out, config.wait_for_store_s)
+        open_for_resume(out, fingerprint, fingerprint_fields)
 
     if config.progress:
         tqdm.write(
@@ -365,6 +374,7 @@ def _run(
         finally:
             bar.close()
             writer.close()
+    distributed.barrier()  # under torchrun: completion is judged once every rank has written its share
     complete = mark_complete_if_done(group)
     return ExtractReport(
         store=str(config.out), n_clips=spec.n_clips, clips_written=n_todo, chunks_written=chunks_written,

@@ -173,3 +173,19 @@ def test_random_vit_all_layers_with_prefix_tokens(tiny_manifest, tmp_path):
     assert torch.isfinite(store.read_prefix(1, 0, 12).float()).all()
     # half-length clips: tokens of time steps 3..5 are padding
     assert store.valid_tokens[3] == 3 * 8 and store.valid_tokens[0] == 48
+
+
+def test_torchrun_two_cpu_processes_give_the_single_process_store(tiny_manifest, tmp_path):
+    single = tmp_path / "single.zarr"
+    extract(_config(tiny_manifest, single))
+    both = tmp_path / "torchrun.zarr"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "embedcache", "extract", "--encoder", "melpatch", "--manifest", str(tiny_manifest),
+               "--out", str(both), "--workers", "0", "--chunk-clips", "2", "--batch-size", "2", "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("store complete") >= 1
+    a, b = _store_arrays(single), _store_arrays(both)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
