@@ -254,13 +254,13 @@ def ctranslate2_encoder_state(
     layers = sorted({int(m.group(1)) for name in variables if (m := _CT2_LAYER.match(name))})
     if not layers or layers != list(range(len(layers))):
         raise ConfigError(f"{source}: CTranslate2 encoder layers {layers} are not 0..n-1")
-    if "encoder/num_heads" not in variables:
-        raise ConfigError(f"{source}: CTranslate2 Whisper file lacks encoder/num_heads")
+    if "encoder/num_heads" not in variables or variables["encoder/num_heads"].size != 1:
+        raise ConfigError(f"{source}: CTranslate2 Whisper file lacks encoder/num_heads (one integer)")
     conv1 = get("encoder/conv1/weight")
     table = get("encoder/position_encodings/encodings")
     dims = WhisperEncoderDims(
         n_mels=conv1.shape[1], n_audio_ctx=table.shape[0], n_audio_state=conv1.shape[0],
-        n_audio_head=int(variables["encoder/num_heads"]), n_audio_layer=len(layers),
+        n_audio_head=int(variables["encoder/num_heads"].reshape(-1)[0]), n_audio_layer=len(layers),
     )
     names = {
         "conv1.weight": "encoder/conv1/weight", "conv1.bias": "encoder/conv1/bias",
