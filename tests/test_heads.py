@@ -90,6 +90,19 @@ def test_every_head_returns_finite_logits_of_shape_b_by_c(kind, options, has_pre
     assert head.auxiliary_loss().shape == ()
 
 
+@pytest.mark.parametrize(("kind", "options", "has_prefix"), VARIANTS)
+def test_heads_train_under_bfloat16_autocast(kind, options, has_prefix):
+    head = make(kind, has_prefix=has_prefix, **options)
+    batch = padded_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(heads.TokenBatch(batch.tokens, batch.mask, batch.prefix))
+        loss = losses.create_loss("asl")(logits, torch.eye(5)[:4]) + head.auxiliary_loss()
+    loss.backward()
+    torch.testing.assert_close(logits.float(), head(batch), rtol=2e-2, atol=2e-2)
+    for parameter in head.parameters():
+        assert parameter.grad.dtype == torch.float32 and torch.isfinite(parameter.grad).all()
+
+
 # ---- masks ----------------------------------------------------------------------------------------------------------
 
 
