@@ -60,8 +60,10 @@ class TrainConfig:
     data_path: str = "auto"
     # None: half of the available RAM (CPU) or of the free GPU memory (CUDA).
     memory_budget_bytes: int | None = None
-    # Streaming shuffles clips within windows of this many chunks (the shuffle buffer); in memory, None = all.
+    # Streaming shuffles clips within windows of this many chunks (the shuffle buffer); in memory the whole split
+    # is shuffled at once, unless window_in_memory asks for the streaming order there too (same results either way).
     shuffle_window_chunks: int | None = 8
+    window_in_memory: bool = False
     prefetch_windows: int = 2
     device: str = "auto"
     # bfloat16 autocast on CUDA; the CPU always trains in float32 so that results are reproducible.
@@ -87,7 +89,7 @@ class TrainConfig:
         if self.data_path not in DATA_PATHS:
             raise ConfigError(f"train.data_path {self.data_path!r}: choose one of {', '.join(DATA_PATHS)}")
         if self.shuffle_window_chunks is not None and self.shuffle_window_chunks < 1:
-            raise ConfigError("train.shuffle_window_chunks must be >= 1 (or null for a full shuffle in memory)")
+            raise ConfigError("train.shuffle_window_chunks must be >= 1 (or null: shuffle the whole split at once)")
         if self.warmup_epochs < 0 or self.eval_every < 1 or self.prefetch_windows < 1:
             raise ConfigError("train.warmup_epochs must be >= 0, train.eval_every and train.prefetch_windows >= 1")
 
@@ -169,7 +171,11 @@ def _cat(parts: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
 
 
 class SplitData:
-    """The clips of one split at one layer, held in memory or streamed whole chunk by whole chunk."""
+    """The clips of one split at one layer, held in memory or streamed whole chunk by whole chunk.
+
+    window_chunks: training shuffles clips within windows of this many shuffled chunks (the streaming shuffle
+    buffer); None shuffles the whole split at once (the in-memory default).
+    """
 
     def __init__(
         self,
@@ -178,7 +184,7 @@ class SplitData:
         layer: int | None = None,
         in_memory: bool = True,
         device: torch.device | str = "cpu",
-        window_chunks: int | None = 8,
+        window_chunks: int | None = None,
         prefetch_windows: int = 2,
     ):
         self.store = store
@@ -277,19 +283,16 @@ class SplitData:
             positions=positions,
         )
 
-    def batches(
-        self, batch_size: int, seed: int | None = None, epoch: int = 0, window_chunks: int | None = None
-    ) -> Iterator[RawBatch]:
-        """Batches in a shuffled order for (seed, epoch), or in storage order when seed is None.
+    def batches(self, batch_size: int, seed: int | None = None, epoch: int = 0) -> Iterator[RawBatch]:
+        """Batches in the shuffled order of (seed, epoch), or in storage order when seed is None.
 
-        window_chunks overrides the shuffle window (default: this split's setting when streaming, a full shuffle
-        in memory); equal windows give equal batches on both paths.
+        The order depends only on the chunk layout, window_chunks and (seed, epoch), never on the path: an in-memory
+        split and a streamed one with the same window_chunks serve the same batches.
         """
         if seed is None:
-            windows = sequential_windows(self.chunk_of, self.window_chunks or len(self.chunk_of))
+            windows = sequential_windows(self.chunk_of, self.window_chunks or 8)
         else:
-            width = window_chunks or (self.window_chunks if self.path == STREAMING else None)
-            windows = shuffle_windows(self.chunk_of, seed, epoch, width)
+            windows = shuffle_windows(self.chunk_of, seed, epoch, self.window_chunks)
         if self._memory is not None:
             order = np.concatenate([positions for _, positions in windows])
             for start in range(0, len(order), batch_size):
@@ -393,9 +396,11 @@ def open_splits(
             in_memory = split_nbytes(store, len(store.split_indices(split))) <= budget
         else:
             in_memory = config.data_path == IN_MEMORY
+        # In memory the whole split is shuffled at once unless the config asks for windows everywhere.
+        window = config.shuffle_window_chunks if not in_memory or config.window_in_memory else None
         data = SplitData(
             store, split, layer, in_memory=in_memory, device=device,
-            window_chunks=config.shuffle_window_chunks or 8, prefetch_windows=config.prefetch_windows,
+            window_chunks=window or (None if in_memory else 8), prefetch_windows=config.prefetch_windows,
         )
         if in_memory:
             budget -= data.nbytes
