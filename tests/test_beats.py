@@ -209,3 +209,16 @@ def test_gpu_tokens_match_cpu(beats_fixture):
         cpu = encoder(wave, [1]).layers[1]
         gpu = encoder.to("cuda")(wave.to("cuda"), [1]).layers[1].cpu()
     torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=1e-4)
+
+
+def test_random_init_is_seeded_and_recorded():
+    first = encoders.create("beats", random_init=True, seed=3, **TINY)
+    again = encoders.create("beats", random_init=True, seed=3, **TINY)
+    other = encoders.create("beats", random_init=True, seed=4, **TINY)
+    weight = "encoder.layers.0.fc1.weight"
+    assert torch.equal(first.model.state_dict()[weight], again.model.state_dict()[weight])
+    assert not torch.equal(first.model.state_dict()[weight], other.model.state_dict()[weight])
+    assert first.config()["random_init"] and first.config()["options"]["seed"] == 3
+    with torch.no_grad():
+        out = first(torch.randn(1, 8000) * 0.1)  # default: the last layer, negative indices allowed
+    assert list(out.layers) == [1]

@@ -313,25 +313,19 @@ class Beats(Encoder):
     sample_rate = 16000
     num_prefix = 0
 
-    def __init__(self, cfg: BeatsConfig, clip_seconds: float | None = 10.0, checkpoint: str | None = None,
-                 checkpoint_sha256: str | None = None):
+    def __init__(self, cfg: BeatsConfig, clip_seconds: float | None = 10.0, provenance: dict | None = None):
         super().__init__()
         self.cfg = cfg
         self.clip_seconds = clip_seconds
-        self.checkpoint, self.checkpoint_sha256 = checkpoint, checkpoint_sha256
+        self.provenance = dict(provenance or {})
         self.num_layers = cfg.encoder_layers
         self.embed_dim = cfg.encoder_embed_dim
         self.fbank = KaldiFbank(beats_fbank_config())
         self.model = BeatsModel(cfg)
 
     def config(self) -> dict:
-        return {
-            "family": "beats",
-            "checkpoint": self.checkpoint,
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "clip_seconds": self.clip_seconds,
-            "cfg": dataclasses.asdict(self.cfg),
-        }
+        return {"family": "beats", **self.provenance, "clip_seconds": self.clip_seconds,
+                "cfg": dataclasses.asdict(self.cfg)}
 
     def frontend_config(self) -> dict:
         return self.fbank.config.describe()
@@ -341,8 +335,8 @@ class Beats(Encoder):
         frames = self.fbank.config.raw_frames(num_samples)
         return frames // patch, self.fbank.config.num_mel_bins // patch
 
-    def forward(self, wave: torch.Tensor, layers: Sequence[int]) -> EncoderOutput:
-        layers = list(layers)
+    def forward(self, wave: torch.Tensor, layers: Sequence[int] = (-1,)) -> EncoderOutput:
+        layers = [index + self.num_layers if index < 0 else index for index in layers]
         if not layers or min(layers) < 0 or max(layers) >= self.num_layers:
             raise ConfigError(f"beats: layers {layers} out of range 0..{self.num_layers - 1}")
         n_time, _ = self.token_grid(wave.shape[-1])
@@ -372,8 +366,8 @@ def load_beats_checkpoint(path: str | Path) -> tuple[BeatsConfig, dict[str, torc
 
 
 def create_beats(checkpoint: str | None = None, random_init: bool = False, clip_seconds: float | None = 10.0,
-                 **cfg_overrides) -> Beats:
-    """Registry factory: BEATs from an official checkpoint, or with random weights (iter3 sizes unless overridden)."""
+                 seed: int = 0, **cfg_overrides) -> Beats:
+    """Registry factory: BEATs from an official checkpoint, or seeded random weights (iter3 sizes unless overridden)."""
     if checkpoint is None and not random_init:
         raise ConfigError("beats needs --checkpoint (an official file such as BEATs_iter3_plus_AS2M.pt)")
     if checkpoint is not None:
@@ -382,10 +376,15 @@ def create_beats(checkpoint: str | None = None, random_init: bool = False, clip_
         from embedcache.checkpoints import sha256_file
 
         cfg, state = load_beats_checkpoint(checkpoint)
-        encoder = Beats(cfg, clip_seconds, str(checkpoint), sha256_file(checkpoint))
+        provenance = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint)}
+        encoder = Beats(cfg, clip_seconds, provenance)
         encoder.model.load_state_dict(state, strict=True)
         return encoder
     unknown = sorted(set(cfg_overrides) - {field.name for field in dataclasses.fields(BeatsConfig)})
     if unknown:
         raise ConfigError(f"beats: unknown options {', '.join(unknown)}")
-    return Beats(BeatsConfig(**cfg_overrides), clip_seconds)
+    provenance = {"random_init": True, "seed": seed, "options": {**cfg_overrides, "seed": seed}}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = Beats(BeatsConfig(**cfg_overrides), clip_seconds, provenance)
+    return encoder
