@@ -345,7 +345,9 @@ class Beats(Encoder):
                 f"beats: a clip of {wave.shape[-1]} samples gives fewer than {self.cfg.input_patch_size} fbank "
                 "frames (one patch); use clips of at least 0.17 s"
             )
-        fbank = self.fbank(wave)  # [B, frames, 128]
+        # The front end stays in float32 under autocast (half-precision log-mel loses ~1e-2).
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            fbank = self.fbank(wave)  # [B, frames, 128]
         outputs, grid = self.model(fbank, layers)
         return EncoderOutput(layers=outputs, prefix={}, grid=grid)
 

@@ -340,7 +340,9 @@ class Dasheng(Encoder):
         n_time, _ = self.token_grid(wave.shape[-1])
         if n_time < 1:
             raise ConfigError(f"dasheng: a clip of {wave.shape[-1]} samples is shorter than one 40 ms patch")
-        spec = self.model.normalise(self.frontend(wave))  # [B, 1, M, frames]
+        # The official front end runs with autocast disabled; so does the BatchNorm on its output.
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            spec = self.model.normalise(self.frontend(wave))  # [B, 1, M, frames]
         patches, prefix = self.model(spec, layers)
         return EncoderOutput(layers=patches, prefix=prefix, grid=(n_time, 1))
 

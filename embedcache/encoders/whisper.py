@@ -375,7 +375,9 @@ class Whisper(Encoder):
         if n_tokens < 1:
             raise ConfigError("whisper: empty clip (0 samples)")
         batch = wave.shape[0]
-        mel = self.frontend(wave)  # [B, M, windows * frames]
+        # The front end stays in float32 under autocast (half-precision log-mel loses ~1e-2).
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            mel = self.frontend(wave)  # [B, M, windows * frames]
         frames = self.frontend.config.window_frames
         windows = torch.cat(mel.split(frames, dim=-1), dim=0)  # [windows * B, M, frames], window-major
         outputs = self.model(windows, layers)
