@@ -222,3 +222,10 @@ def test_random_init_is_seeded_and_recorded():
     with torch.no_grad():
         out = first(torch.randn(1, 8000) * 0.1)  # default: the last layer, negative indices allowed
     assert list(out.layers) == [1]
+
+
+def test_valid_tokens_count_patches_starting_inside_real_audio():
+    encoder = encoders.create("beats", random_init=True, **TINY)
+    # 3 s real in a 10 s clip: 298 real frames -> patches starting at frames 0, 16, ..., 288 -> 19 of 62.
+    assert encoder.valid_tokens(48000, 160000) == 19 * 8
+    assert encoder.valid_tokens(160000, 160000) == 62 * 8

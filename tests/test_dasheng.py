@@ -188,3 +188,10 @@ def test_gpu_tokens_match_cpu(dasheng_fixture):
         cpu = encoder(wave, [-1]).layers[1]
         gpu = encoder.to("cuda")(wave.to("cuda"), [-1]).layers[1].cpu()
     torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=1e-4)
+
+
+def test_valid_tokens_count_patches_starting_inside_real_audio():
+    encoder = encoders.create("dasheng", random_init=True, **TINY)
+    # 3 s real in a 10 s clip: 301 frames -> patches starting at frames 0, 4, ..., 300 -> 76 of 250.
+    assert encoder.valid_tokens(48000, 160000) == 76
+    assert encoder.valid_tokens(160000, 160000) == 250

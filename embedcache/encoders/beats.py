@@ -335,6 +335,12 @@ class Beats(Encoder):
         frames = self.fbank.config.raw_frames(num_samples)
         return frames // patch, self.fbank.config.num_mel_bins // patch
 
+    def valid_tokens(self, num_real: int, num_total: int) -> int:
+        """Tokens whose first fbank frame lies inside the real (unpadded) audio, counted time-major."""
+        n_time, n_freq = self.token_grid(num_total)
+        real_frames = self.fbank.config.raw_frames(num_real)
+        return min(n_time, max(1, -(-real_frames // self.cfg.input_patch_size))) * n_freq
+
     def forward(self, wave: torch.Tensor, layers: Sequence[int] = (-1,)) -> EncoderOutput:
         layers = [index + self.num_layers if index < 0 else index for index in layers]
         if not layers or min(layers) < 0 or max(layers) >= self.num_layers:

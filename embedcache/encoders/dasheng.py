@@ -333,6 +333,11 @@ class Dasheng(Encoder):
     def token_grid(self, num_samples: int) -> tuple[int, int]:
         return self.frontend.config.num_frames(num_samples) // self.cfg.patch_frames, 1
 
+    def valid_tokens(self, num_real: int, num_total: int) -> int:
+        """Tokens whose first frame lies inside the real (unpadded) audio."""
+        real_frames = self.frontend.config.num_frames(num_real)
+        return min(self.token_grid(num_total)[0], max(1, -(-real_frames // self.cfg.patch_frames)))
+
     def forward(self, wave: torch.Tensor, layers: Sequence[int] = (-1,)) -> EncoderOutput:
         layers = [index + self.num_layers if index < 0 else index for index in layers]
         if not layers or min(layers) < 0 or max(layers) >= self.num_layers:
