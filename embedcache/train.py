@@ -8,6 +8,7 @@ so a head trained in a bank of K ends bit-identical to the same head trained alo
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import queue
@@ -284,26 +285,47 @@ class SplitData:
         )
 
     def batches(self, batch_size: int, seed: int | None = None, epoch: int = 0) -> Iterator[RawBatch]:
-        """Batches in the shuffled order of (seed, epoch), or in storage order when seed is None.
+        """One epoch's batches in the shuffled order of (seed, epoch), or in storage order when seed is None."""
+        for _, batch in self.epoch_batches(batch_size, seed, [epoch]):
+            yield batch
+
+    def epoch_batches(
+        self, batch_size: int, seed: int | None, epochs: Sequence[int]
+    ) -> Iterator[tuple[int, RawBatch]]:
+        """(epoch, batch) over several epochs; streamed reads run ahead across epoch ends (and validation passes).
 
         The order depends only on the chunk layout, window_chunks and (seed, epoch), never on the path: an in-memory
         split and a streamed one with the same window_chunks serve the same batches.
         """
-        if seed is None:
-            windows = sequential_windows(self.chunk_of, self.window_chunks or 8)
-        else:
-            windows = shuffle_windows(self.chunk_of, seed, epoch, self.window_chunks)
-        if self._memory is not None:
-            order = np.concatenate([positions for _, positions in windows])
+
+        def plan() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+            for epoch in epochs:
+                if seed is None:
+                    windows = sequential_windows(self.chunk_of, self.window_chunks or 8)
+                else:
+                    windows = shuffle_windows(self.chunk_of, seed, epoch, self.window_chunks)
+                for chunk_ids, order in windows:
+                    yield epoch, chunk_ids, order
+
+        if self._memory is None:
+            yield from self._stream(plan(), batch_size)
+            return
+        for epoch in epochs:
+            order = np.concatenate([positions for e, _, positions in plan() if e == epoch])
             for start in range(0, len(order), batch_size):
                 positions = order[start : start + batch_size]
-                yield self._select(self._memory, torch.from_numpy(positions), positions)
-            return
-        yield from self._stream(windows, batch_size)
+                yield epoch, self._select(self._memory, torch.from_numpy(positions), positions)
 
-    def _stream(self, windows: list[tuple[np.ndarray, np.ndarray]], batch_size: int) -> Iterator[RawBatch]:
+    def _stream(
+        self, windows: Iterator[tuple[int, np.ndarray, np.ndarray]], batch_size: int
+    ) -> Iterator[tuple[int, RawBatch]]:
         carry: RawBatch | None = None
-        for window, order in _prefetched(self._read_window, windows, self.prefetch_windows):
+        current = None
+        for epoch, window, order in _prefetched(self._read_window, windows, self.prefetch_windows):
+            if carry is not None and epoch != current:
+                yield current, self._to_device(carry)  # an epoch's last, short batch never mixes with the next
+                carry = None
+            current = epoch
             # window.positions ascend; map the served order onto rows of the window.
             rows = torch.from_numpy(np.searchsorted(window.positions, order))
             served = self._select(window, rows, order)
@@ -317,10 +339,10 @@ class SplitData:
                 )
             n_full = len(served.positions) // batch_size * batch_size
             for start in range(0, n_full, batch_size):
-                yield self._to_device(_slice(served, start, start + batch_size))
+                yield epoch, self._to_device(_slice(served, start, start + batch_size))
             carry = _slice(served, n_full, len(served.positions)) if n_full < len(served.positions) else None
         if carry is not None:
-            yield self._to_device(carry)
+            yield current, self._to_device(carry)
 
 
 def _slice(batch: RawBatch, start: int, stop: int) -> RawBatch:
@@ -334,9 +356,9 @@ def _slice(batch: RawBatch, start: int, stop: int) -> RawBatch:
 
 
 def _prefetched(
-    read, windows: list[tuple[np.ndarray, np.ndarray]], depth: int
-) -> Iterator[tuple[RawBatch, np.ndarray]]:
-    """Read windows in a background thread, `depth` ahead of the consumer, in the given order."""
+    read, windows: Iterator[tuple[int, np.ndarray, np.ndarray]], depth: int
+) -> Iterator[tuple[int, RawBatch, np.ndarray]]:
+    """Read (epoch, chunk ids, order) windows in a background thread, `depth` ahead of the consumer, in order."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -352,8 +374,8 @@ def _prefetched(
     def produce() -> None:
         failure = None
         try:
-            for chunk_ids, order in windows:
-                if not put((read(chunk_ids), order)):
+            for epoch, chunk_ids, order in windows:
+                if not put((epoch, read(chunk_ids), order)):
                     return
         except Exception as error:  # noqa: BLE001 - any read failure must reach the consumer, which re-raises it
             failure = error
@@ -514,12 +536,13 @@ class HeadBank:
         self.curves_: list[dict] = []
         self.valid_metrics_: list[dict] = [{} for _ in self.heads_]
         metric = selection_metric(self.multilabel_)
-        for epoch in range(config.epochs):
+        batches = train.epoch_batches(config.batch_size, config.data_seed, range(config.epochs))
+        for epoch, epoch_batches in itertools.groupby(batches, key=lambda item: item[0]):
             started = time.perf_counter()
             for head in self.heads_:
                 head.train()
             loss_sums = torch.zeros(len(self.heads_), dtype=torch.float64, device=device)
-            for raw in train.batches(config.batch_size, seed=config.data_seed, epoch=epoch):
+            for _, raw in epoch_batches:
                 batch = _token_batch(raw)
                 targets = self._loss_targets(raw.targets)
                 for k, head in enumerate(self.heads_):
@@ -531,6 +554,8 @@ class HeadBank:
                     optimisers[k].step()
                     schedulers[k].step()
                     loss_sums[k] += loss.detach().double() * len(raw.positions)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # honest epoch times: wait for the queued kernels
             train_seconds = time.perf_counter() - started
             last = epoch == config.epochs - 1
             evaluate = valid is not None and (last or (epoch + 1) % config.eval_every == 0)
