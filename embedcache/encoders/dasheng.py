@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from embedcache.encoders.base import Encoder, EncoderOutput
+from embedcache.encoders.vit import Attention, Mlp
 from embedcache.errors import ConfigError
 from embedcache.frontends import MelDb, dasheng_mel_config
 
@@ -72,34 +72,6 @@ class DashengConfig:
         return self.patch_size[1]
 
 
-class DashengAttention(nn.Module):
-    """Self-attention with a fused qkv projection (official names: qkv, proj)."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, dim = x.shape
-        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [B, H, N, hd]
-        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
-
-
-class DashengMlp(nn.Module):
-    """fc1 -> exact GELU -> fc2."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class LayerScale(nn.Module):
     """Per-channel residual branch scale (official `ls1`/`ls2` when `init_values` is set)."""
 
@@ -112,15 +84,15 @@ class LayerScale(nn.Module):
 
 
 class DashengBlock(nn.Module):
-    """Pre-LN transformer block, LayerNorm eps 1e-6."""
+    """Pre-LN transformer block (the ViT family's attention and MLP, official names), LayerNorm eps 1e-6."""
 
     def __init__(self, cfg: DashengConfig):
         super().__init__()
         dim = cfg.embed_dim
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = DashengAttention(dim, cfg.num_heads, cfg.qkv_bias)
+        self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = DashengMlp(dim, cfg.mlp_hidden)
+        self.mlp = Mlp(dim, cfg.mlp_hidden)
         self.ls1 = LayerScale(dim) if cfg.layer_scale else nn.Identity()
         self.ls2 = LayerScale(dim) if cfg.layer_scale else nn.Identity()
 
