@@ -1,7 +1,12 @@
-"""Reading token stores: metadata as numpy, tokens as torch tensors, whole chunks at a time."""
+"""Reading token stores: metadata as numpy, tokens as torch tensors, whole chunks at a time.
+
+Stores open read-only from a path, a `.zip` or a URL; a missing or corrupt chunk is a StoreError naming its key,
+never silently zeros or a codec traceback.
+"""
 
 from __future__ import annotations
 
+import itertools
 from functools import cached_property
 from pathlib import Path
 
@@ -10,36 +15,110 @@ import torch
 import zarr
 
 from embedcache.errors import StoreError
-from embedcache.store import layout
+from embedcache.store import layout, safety, urls
+from embedcache.store.subset import Subset, select
 from embedcache.store.writer import StoreSpec, pending_chunks, store_attrs
 
 
-class TokenStore:
-    """A read-only view of one token store; open it with `TokenStore.open(path)`."""
+def chunk_keys(array: zarr.Array, path: str, start: int, stop: int) -> list[str]:
+    """Store keys of every chunk holding rows [start, stop) of the array at `path`."""
+    if stop <= start:
+        return []
+    rows = array.chunks[0]
+    first = range(start // rows, (stop - 1) // rows + 1)
+    others = [range(n) for n in array.cdata_shape[1:]]
+    return [f"{path}/{array.metadata.encode_chunk_key(coords)}" for coords in itertools.product(first, *others)]
 
-    def __init__(self, group: zarr.Group, path: str):
+
+def describe_read_error(key: str, error: BaseException) -> str:
+    """Why a chunk could not be used, in words."""
+    text = str(error)
+    if "checksum" in text.lower():
+        return f"chunk {key} is damaged: its crc32c checksum does not match its bytes"
+    return f"chunk {key} could not be read or decoded ({type(error).__name__}: {text[:200]})"
+
+
+class TokenStore:
+    """A read-only view of one token store; open it with `TokenStore.open(url)`, optionally as a subset."""
+
+    def __init__(self, group: zarr.Group, path: str, subset: Subset | dict | str | None = None):
         self._group = group
         self.path = path
         self._attrs = store_attrs(group)
         self.spec = StoreSpec.from_attrs(self._attrs["layout"])
+        self._present: dict[str, set[str]] = {}
+        self.subset = Subset.from_value(subset)
+        self._rows, self._columns = (None, None)
+        if not self.subset.is_everything:
+            self._rows, self._columns = select(
+                self.subset, self.clip_ids, self._read_all("labels"), self.split_codes, self.spec.split_names,
+                self.spec.label_names, path,
+            )
 
     @classmethod
-    def open(cls, path: str | Path, allow_incomplete: bool = False) -> TokenStore:
-        """Open a store read-only; refuse one that is still being written unless `allow_incomplete`."""
+    def open(
+        cls, path: str | Path, allow_incomplete: bool = False, subset: Subset | dict | str | None = None
+    ) -> TokenStore:
+        """Open a store read-only (local path, .zip or URL); refuse one still being written unless `allow_incomplete`.
+
+        The metadata of every node is checked first: a store with object/pickle codecs or dtypes is refused.
+        """
+        url = str(path)
         try:
-            group = zarr.open_group(str(path), mode="r")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-            raise StoreError(
-                f"{path}: no token store there (run `embedcache extract ... --out {path}` first)"
-            ) from None
-        store = cls(group, str(path))
-        if not allow_incomplete and not store.is_complete:
+            store = urls.open_store(url, "r")
+        except urls.MissingStoreError:
+            store = None
+        if store is None or not urls.has_key(store, "zarr.json"):
+            raise StoreError(f"{url}: no token store there (run `embedcache extract ... --out {url}` first)")
+        safety.ensure_safe(store, url)
+        group = zarr.open_group(store=store, mode="r", zarr_format=3)
+        token_store = cls(group, url, subset)
+        if not allow_incomplete and not token_store.is_complete:
             missing = len(pending_chunks(group))
             raise StoreError(
-                f"{path}: the store is still being written or was interrupted ({missing} of "
-                f"{store.spec.n_chunks} chunks missing); finish it by re-running the same `embedcache extract` command"
+                f"{url}: the store is still being written or was interrupted ({missing} of "
+                f"{token_store.spec.n_chunks} chunks missing); finish it by re-running the same `embedcache extract` "
+                "command"
             )
-        return store
+        return token_store
+
+    # -- checked reads ---------------------------------------------------------------------------------------
+    def _present_keys(self, path: str) -> set[str]:
+        # One listing per array (a few requests even for thousands of remote chunks), then set lookups.
+        if path not in self._present:
+            self._present[path] = set(urls.list_keys(self._group.store, f"{path}/"))
+        return self._present[path]
+
+    def _read_rows(self, path: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of the array at `path`, refusing missing or corrupt chunks by key."""
+        array = self._group[path]
+        keys = chunk_keys(array, path, start, stop)
+        missing = [key for key in keys if key not in self._present_keys(path)]
+        if missing:
+            raise StoreError(
+                f"{self.path}: chunk {missing[0]} is missing" + (f" (and {len(missing) - 1} more)" if missing[1:]
+                else "") + f"; the store is damaged: run `embedcache verify {self.path}`, then re-copy or re-extract it"
+            )
+        try:
+            return array[start:stop]
+        except Exception as error:  # codec, checksum and I/O errors all name the chunk
+            bad = self._first_bad_chunk(array, path, start, stop) or keys[0]
+            raise StoreError(
+                f"{self.path}: {describe_read_error(bad, error)}; run `embedcache verify {self.path}`, "
+                "then re-copy or re-extract the store"
+            ) from error
+
+    def _first_bad_chunk(self, array: zarr.Array, path: str, start: int, stop: int) -> str | None:
+        rows = array.chunks[0]
+        for first in range(start - start % rows, stop, rows):
+            try:
+                array[first:min(first + rows, array.shape[0])]
+            except Exception:
+                return chunk_keys(array, path, first, first + 1)[0]
+        return None
+
+    def _read_all(self, path: str) -> np.ndarray:
+        return self._read_rows(path, 0, self._group[path].shape[0])
 
     # -- metadata ------------------------------------------------------------------------------------------
     @property
@@ -51,8 +130,16 @@ class TokenStore:
         return self.status == layout.STATUS_COMPLETE
 
     @property
+    def read_only(self) -> bool:
+        return bool(self._group.store.read_only)
+
+    @property
     def provenance(self) -> dict:
         return self._attrs["provenance"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self._attrs.get("fingerprint", "")
 
     @property
     def skipped(self) -> list[dict]:
@@ -60,6 +147,7 @@ class TokenStore:
 
     @property
     def n_clips(self) -> int:
+        """Clips stored (row indices run over all of them, also in a subset view)."""
         return self.spec.n_clips
 
     @property
@@ -92,43 +180,70 @@ class TokenStore:
 
     @property
     def label_names(self) -> list[str]:
-        return list(self.spec.label_names)
+        """Label names of the view (a class subset keeps only its classes)."""
+        if self._columns is None:
+            return list(self.spec.label_names)
+        return [self.spec.label_names[c] for c in self._columns]
 
     @property
     def split_names(self) -> list[str]:
-        return list(self.spec.split_names)
+        if self.subset.splits is None:
+            return list(self.spec.split_names)
+        return [name for name in self.spec.split_names if name in self.subset.splits]
 
     @cached_property
     def labels(self) -> np.ndarray:
-        """[N, C] uint8 multi-hot labels."""
-        return self._group["labels"][:]
+        """[N, C] uint8 multi-hot labels (C = the view's classes)."""
+        labels = self._read_all("labels")
+        return labels if self._columns is None else labels[:, self._columns]
+
+    @cached_property
+    def selected(self) -> np.ndarray:
+        """Sorted row indices of the clips in the view (all rows without a subset)."""
+        if self._rows is None:
+            return np.arange(self.n_clips, dtype=np.int64)
+        return np.flatnonzero(self._rows).astype(np.int64)
 
     @cached_property
     def is_multilabel(self) -> bool:
-        """True unless every clip has exactly one label."""
-        return bool((self.labels.sum(axis=1) != 1).any())
+        """True unless every clip of the view has exactly one label."""
+        return bool((self.labels[self.selected].sum(axis=1) != 1).any())
 
     @cached_property
     def clip_ids(self) -> np.ndarray:
-        return np.array(self._group["clip_ids"][:].tolist(), dtype=str)
+        return np.array(self._read_all("clip_ids").tolist(), dtype=str)
 
     @cached_property
     def split_codes(self) -> np.ndarray:
-        return self._group["splits"][:]
+        return self._read_all("splits")
 
     @cached_property
     def valid_tokens(self) -> np.ndarray:
-        return self._group["valid_tokens"][:]
+        return self._read_all("valid_tokens")
 
     @cached_property
     def num_samples(self) -> np.ndarray:
-        return self._group["num_samples"][:]
+        return self._read_all("num_samples")
 
     def split_indices(self, name: str) -> np.ndarray:
-        """Sorted clip indices of split `name`."""
-        if name not in self.spec.split_names:
-            raise StoreError(f"{self.path}: no split {name!r}; this store has splits {self.split_names}")
-        return np.flatnonzero(self.split_codes == self.spec.split_names.index(name)).astype(np.int64)
+        """Sorted clip indices of split `name` inside the view."""
+        if name not in self.split_names:
+            outside = " (it is outside this subset)" if name in self.spec.split_names else ""
+            raise StoreError(f"{self.path}: no split {name!r}{outside}; this store has splits {self.split_names}")
+        rows = self.split_codes == self.spec.split_names.index(name)
+        if self._rows is not None:
+            rows &= self._rows
+        return np.flatnonzero(rows).astype(np.int64)
+
+    def describe_view(self) -> dict:
+        """Where the data of a run came from: the store, its fingerprint and the subset (for provenance)."""
+        return {
+            "store": self.path,
+            "fingerprint": self.fingerprint,
+            "subset": self.subset.to_dict() or None,
+            "clips": int(len(self.selected)),
+            "classes": len(self.label_names),
+        }
 
     def resolve_layer(self, layer: int | None) -> int:
         """None -> the last stored layer; negative -> counted from the encoder's last block."""
@@ -142,19 +257,20 @@ class TokenStore:
 
     # -- tokens --------------------------------------------------------------------------------------------
     def token_array(self, layer: int | None = None) -> zarr.Array:
-        """The raw Zarr array [N, T, D] of one layer (bfloat16 appears as uint16 bits)."""
+        """The raw Zarr array [N, T, D] of one layer (bfloat16 appears as uint16 bits); reads are unchecked."""
         return self._group[layout.tokens_path(self.resolve_layer(layer))]
 
     def read_tokens(self, layer: int | None, start: int, stop: int) -> torch.Tensor:
         """Tokens [stop - start, T, D] of a contiguous clip range, in the stored dtype."""
-        return layout.from_stored(self.token_array(layer)[start:stop], self.dtype)
+        return layout.from_stored(self._read_rows(layout.tokens_path(self.resolve_layer(layer)), start, stop),
+                                  self.dtype)
 
     def read_prefix(self, layer: int | None, start: int, stop: int) -> torch.Tensor | None:
         """Prefix tokens [stop - start, P, D], or None when the encoder has none."""
         if not self.num_prefix:
             return None
-        array = self._group[layout.prefix_path(self.resolve_layer(layer))]
-        return layout.from_stored(array[start:stop], self.dtype)
+        return layout.from_stored(self._read_rows(layout.prefix_path(self.resolve_layer(layer)), start, stop),
+                                  self.dtype)
 
     def token_mask(self, start: int, stop: int) -> torch.Tensor:
         """[stop - start, T] bool: True where a token holds real audio."""
@@ -166,11 +282,16 @@ class TokenStore:
         return self.n_clips * self.num_tokens * self.embed_dim * layout.itemsize(self.dtype)
 
     def disk_nbytes(self) -> int | None:
-        """Bytes on disk for a local store, None for remote ones."""
-        root = Path(self.path)
+        """Bytes on disk for a local store or zip, None for remote ones."""
+        if urls.is_remote(self.path):
+            return None
+        root = urls.local_path(self.path)
+        if root.is_file():
+            return root.stat().st_size
         if not root.is_dir():
             return None
         return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
 
     def __repr__(self) -> str:
-        return f"TokenStore({self.path!r}, clips={self.n_clips}, layers={self.layers}, grid={self.grid})"
+        view = f", subset={self.subset.to_dict()}" if not self.subset.is_everything else ""
+        return f"TokenStore({self.path!r}, clips={self.n_clips}, layers={self.layers}, grid={self.grid}{view})"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import queue
-import shutil
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,7 +16,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from embedcache.errors import StoreError
-from embedcache.store import layout
+from embedcache.store import layout, urls
 
 
 @dataclass
@@ -61,6 +61,10 @@ class StoreSpec:
         return cls(**values)
 
 
+# Every chunk is stored even when it equals the fill value, so a missing chunk key always means damage.
+ARRAY_CONFIG = {"write_empty_chunks": True}
+
+
 def _codecs(compression: str) -> list:
     # crc32c on every chunk so corruption is detected on read, compressed or not.
     if compression == "zstd":
@@ -68,6 +72,19 @@ def _codecs(compression: str) -> list:
     if compression == "none":
         return [Crc32cCodec()]
     raise StoreError(f"compression {compression!r} is not supported: use 'zstd' or 'none'")
+
+
+def disk_full_error(where: str, error: OSError) -> StoreError:
+    """The StoreError for a full disk: what happened and that the same command resumes."""
+    return StoreError(
+        f"{where}: the disk is full ({error.strerror or error}); nothing already marked done is lost: free space "
+        "and re-run the same command to resume"
+    )
+
+
+def writable(group: zarr.Group, path: str) -> zarr.Array:
+    """The array at `path`, configured to store every chunk."""
+    return group[path].with_config(ARRAY_CONFIG)
 
 
 def create_store(
@@ -82,7 +99,16 @@ def create_store(
     skipped: Sequence[dict] = (),
 ) -> zarr.Group:
     """Create an empty store (status "writing") with every per-clip array except the tokens filled in."""
-    group = zarr.open_group(str(path), mode="w-")
+    try:
+        return _create_store(path, spec, clip_ids, labels, split_codes, num_samples, provenance, fingerprint, skipped)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise disk_full_error(str(path), error) from error
+        raise
+
+
+def _create_store(path, spec, clip_ids, labels, split_codes, num_samples, provenance, fingerprint, skipped):
+    group = urls.open_group(path, mode="w-")
     n = spec.n_clips
     codecs = _codecs(spec.compression)
     for layer in spec.layers:
@@ -93,6 +119,7 @@ def create_store(
             dtype=layout.stored_numpy_dtype(spec.dtype),
             compressors=codecs,
             fill_value=0,
+            config=ARRAY_CONFIG,
         )
         if spec.num_prefix:
             group.create_array(
@@ -102,16 +129,20 @@ def create_store(
                 dtype=layout.stored_numpy_dtype(spec.dtype),
                 compressors=codecs,
                 fill_value=0,
+                config=ARRAY_CONFIG,
             )
-    small = {"chunks": (max(1, n),), "compressors": codecs}
-    group.create_array("valid_tokens", shape=(n,), dtype="int32", chunks=(spec.chunk_clips,), compressors=codecs)
+    small = {"chunks": (max(1, n),), "compressors": codecs, "config": ARRAY_CONFIG}
+    group.create_array(
+        "valid_tokens", shape=(n,), dtype="int32", chunks=(spec.chunk_clips,), compressors=codecs, config=ARRAY_CONFIG
+    )
     group.create_array("num_samples", shape=(n,), dtype="int64", **small)[:] = np.asarray(num_samples, np.int64)
     group.create_array(
         "labels", shape=(n, len(spec.label_names)), dtype="uint8",
-        chunks=(max(1, n), max(1, len(spec.label_names))), compressors=codecs,
+        chunks=(max(1, n), max(1, len(spec.label_names))), compressors=codecs, config=ARRAY_CONFIG,
     )[:] = labels
     group.create_array("splits", shape=(n,), dtype="uint8", **small)[:] = split_codes
     group.create_array("clip_ids", shape=(n,), dtype=str, **small)[:] = np.asarray(clip_ids, dtype=str)
+    # Markers start absent (read as 0); each is written once its chunk's data is stored.
     group.create_array(
         "chunk_done", shape=(spec.n_chunks,), dtype="uint8", chunks=(1,), fill_value=0, compressors=codecs
     )
@@ -143,8 +174,8 @@ def store_attrs(group: zarr.Group) -> dict:
 def open_for_resume(path: str | Path, fingerprint: str, fingerprint_fields: dict) -> zarr.Group | None:
     """Open an existing store to resume it, None when nothing is there; refuse one made with other settings."""
     try:
-        group = zarr.open_group(str(path), mode="r+")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        group = urls.open_group(path, mode="r+")
+    except urls.MissingStoreError:
         return None
     attrs = store_attrs(group)
     if attrs["fingerprint"] != fingerprint:
@@ -160,17 +191,28 @@ def open_for_resume(path: str | Path, fingerprint: str, fingerprint_fields: dict
 
 
 def remove_store(path: str | Path) -> None:
-    """Delete a local store directory (used by --overwrite)."""
-    target = Path(path)
-    if target.exists():
-        if not (target / "zarr.json").exists():
-            raise StoreError(f"{target}: refusing to overwrite a directory that is not a Zarr store")
-        shutil.rmtree(target)
+    """Delete a store, local or remote (used by --overwrite)."""
+    urls.remove_store(path)
+
+
+def chunk_markers(group: zarr.Group) -> np.ndarray:
+    """[n_chunks] uint8 completion markers; a marker that does not decode counts as unset (its chunk is redone)."""
+    array = group["chunk_done"]
+    try:
+        return array[:]
+    except ValueError:  # a damaged marker object: read the others one by one
+        markers = np.zeros(array.shape[0], np.uint8)
+        for chunk in range(array.shape[0]):
+            try:
+                markers[chunk] = array[chunk]
+            except ValueError:
+                markers[chunk] = 0
+        return markers
 
 
 def pending_chunks(group: zarr.Group) -> np.ndarray:
     """Indices of chunks whose completion marker is not set."""
-    return np.flatnonzero(group["chunk_done"][:] == 0)
+    return np.flatnonzero(chunk_markers(group) == 0)
 
 
 def write_chunk(
@@ -184,10 +226,11 @@ def write_chunk(
     """Write one chunk's arrays (already in the stored dtype), then set its completion marker."""
     start, stop = spec.chunk_range(chunk)
     for layer in spec.layers:
-        group[layout.tokens_path(layer)][start:stop] = tokens[layer]
+        writable(group, layout.tokens_path(layer))[start:stop] = tokens[layer]
         if spec.num_prefix:
-            group[layout.prefix_path(layer)][start:stop] = prefix[layer]
-    group["valid_tokens"][start:stop] = valid_tokens
+            writable(group, layout.prefix_path(layer))[start:stop] = prefix[layer]
+    writable(group, "valid_tokens")[start:stop] = valid_tokens
+    # The marker goes last: a crash before it leaves the chunk pending, and the resume rewrites it whole.
     group["chunk_done"][chunk] = 1
 
 
@@ -198,7 +241,12 @@ def mark_complete_if_done(group: zarr.Group) -> bool:
     attrs = dict(group.attrs[layout.ATTRS_KEY])
     if attrs["status"] != layout.STATUS_COMPLETE:
         attrs["status"] = layout.STATUS_COMPLETE
-        group.attrs[layout.ATTRS_KEY] = attrs
+        try:
+            group.attrs[layout.ATTRS_KEY] = attrs
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise disk_full_error(str(group.store), error) from error
+            raise
     return True
 
 
@@ -224,8 +272,12 @@ class BackgroundChunkWriter:
                     self._error = error
 
     def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise StoreError(f"writing to {self._group.store} failed: {self._error}") from self._error
+        error = self._error
+        if error is None:
+            return
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise disk_full_error(f"writing to {self._group.store}", error) from error
+        raise StoreError(f"writing to {self._group.store} failed: {error}") from error
 
     def submit(self, chunk: int, tokens: dict, prefix: dict, valid_tokens: np.ndarray) -> None:
         self._raise_if_failed()
