@@ -7,7 +7,6 @@ import json
 import click
 import yaml
 
-from embedcache import encoders
 from embedcache.errors import ConfigError
 
 
@@ -31,10 +30,14 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 @click.command("encoders")
-def encoders_command() -> None:
-    """List the encoder families."""
-    for name in encoders.available():
-        click.echo(name)
+@click.option("--seconds", default=10.0, show_default=True, help="Clip length the token grid is given for.")
+@click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON (with each full front-end config).")
+def encoders_command(seconds: float, as_json: bool) -> None:
+    """List the encoder families: input config, token grid, prefix tokens and sizes at the released model size."""
+    from embedcache.encoders.catalog import catalog, format_catalog
+
+    rows = catalog(seconds)
+    click.echo(json.dumps(rows, indent=2) if as_json else format_catalog(rows))
 
 
 @click.command("extract")
