@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -514,8 +514,15 @@ class HeadBank:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def fit(self, train: SplitData, valid: SplitData | None = None) -> HeadBank:
-        """Train every head for config.epochs over `train`, evaluating on `valid` for the curves."""
+    def fit(
+        self, train: SplitData, valid: SplitData | None = None,
+        on_validation: Callable[[int, dict[int, dict]], Iterable[int]] | None = None,
+    ) -> HeadBank:
+        """Train every head for config.epochs over `train`, evaluating on `valid` for the curves.
+
+        on_validation(epoch, {head index: metrics}) runs after each validation pass and returns heads to stop (a
+        sweep's pruner): a stopped head trains no further and keeps the metrics of its last pass (stopped_).
+        """
         config = self.config
         self._build(train)
         device = train.device
@@ -535,9 +542,13 @@ class HeadBank:
             self.data_paths_[valid.split] = valid.path
         self.curves_: list[dict] = []
         self.valid_metrics_: list[dict] = [{} for _ in self.heads_]
+        self.stopped_: set[int] = set()
         metric = selection_metric(self.multilabel_)
         batches = train.epoch_batches(config.batch_size, config.data_seed, range(config.epochs))
         for epoch, epoch_batches in itertools.groupby(batches, key=lambda item: item[0]):
+            if len(self.stopped_) == len(self.heads_):
+                break
+            active = [k for k in range(len(self.heads_)) if k not in self.stopped_]
             started = time.perf_counter()
             for head in self.heads_:
                 head.train()
@@ -545,7 +556,8 @@ class HeadBank:
             for _, raw in epoch_batches:
                 batch = _token_batch(raw)
                 targets = self._loss_targets(raw.targets)
-                for k, head in enumerate(self.heads_):
+                for k in active:
+                    head = self.heads_[k]
                     with self._head_rng(k, device), self._autocast(device):
                         logits = head(batch)
                     loss = self.loss_fn_(logits.float(), targets) + head.auxiliary_loss()
@@ -560,12 +572,15 @@ class HeadBank:
             last = epoch == config.epochs - 1
             evaluate = valid is not None and (last or (epoch + 1) % config.eval_every == 0)
             if evaluate:
-                scores = self.predict(valid)
-                results = [split_metrics(valid.labels, s, self.multilabel_) for s in scores]
-                if last:
-                    self.valid_metrics_ = results
+                scores = self.predict(valid, which=active)
+                results = {k: split_metrics(valid.labels, s, self.multilabel_) for k, s in zip(active, scores)}
+                for k, result in results.items():
+                    self.valid_metrics_[k] = result
+                if on_validation is not None:
+                    self.stopped_ |= set(on_validation(epoch + 1, results))
             losses_per_head = (loss_sums / train.n_clips).tolist()
-            for k, spec in enumerate(self.specs):
+            for k in active:
+                spec = self.specs[k]
                 self.curves_.append({
                     "head": spec.label, "kind": spec.kind, "lr": spec.lr, "weight_decay": spec.weight_decay,
                     "seed": spec.seed, "epoch": epoch + 1, "train_loss": losses_per_head[k],
