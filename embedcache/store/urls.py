@@ -54,7 +54,8 @@ def open_store(url: str | Path, mode: str = "r") -> Store:
                 "run `embedcache pack` to make the zip"
             )
         try:
-            return ZipStore(local_path(text), mode="r")
+            # Opened now, not lazily, so a damaged zip is reported here rather than on the first read.
+            return sync(ZipStore.open(local_path(text), mode="r"))
         except FileNotFoundError:
             raise MissingStoreError(f"{text}: no such zip file") from None
         except zipfile.BadZipFile as error:
