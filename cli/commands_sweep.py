@@ -1,0 +1,70 @@
+"""Sweep command: search one head's lr and weight decay in an Optuna study (`sweep`)."""
+
+from __future__ import annotations
+
+import click
+
+from embedcache.errors import ConfigError
+from embedcache.probe import load_config
+from embedcache.sweep import format_results, run_sweep
+
+
+def _range(text: str | None, option: str) -> list[float] | None:
+    """'1e-4,8e-2' -> [0.0001, 0.08]; None stays None."""
+    if text is None:
+        return None
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if len(values) != 2:
+        raise ConfigError(f"{option} {text!r}: give LOW,HIGH, e.g. {option} 1e-4,8e-2")
+    return values
+
+
+@click.command("sweep")
+@click.argument("store", required=False)
+@click.option("--head", help="The head to tune: a head name from the config, or a kind (protobin, linear, ...).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Probe config YAML (configs/probes/)")
+@click.option("--trials", type=int, default=50, show_default=True, help="Trials in the study (all workers together).")
+@click.option("--startup-trials", type=int, default=25, show_default=True, help="Sobol trials before TPE.")
+@click.option("--batch-trials", type=int, default=8, show_default=True,
+              help="Trials trained together in one pass over the tokens (K).")
+@click.option("--storage", help="Study database: sqlite:///path.db (default: <out>/study.db) or postgresql://...")
+@click.option("--study", "study_name", help="Study name; workers with the same storage and name share trials.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default runs/sweeps/<study>)")
+@click.option("--lr", help="Log-uniform lr range LOW,HIGH (default: the config grid's min and max).")
+@click.option("--weight-decay", help="Log-uniform weight decay range LOW,HIGH (default: from the config grid).")
+@click.option("--min-epochs", type=int, help="Successive halving: first rung (default max(1, epochs // 10)).")
+@click.option("--reduction-factor", type=int, default=3, show_default=True, help="Successive halving: keep 1/this.")
+@click.option("--top-k", type=int, default=3, show_default=True, help="Best trials re-run with --final-seeds seeds.")
+@click.option("--final-seeds", type=int, default=5, show_default=True, help="Seeds of the final re-run.")
+@click.option("--final/--no-final", default=True, show_default=True,
+              help="Re-run the top trials once the study is full (workers may pass --no-final).")
+@click.option("--epochs", type=int, help="Training epochs (overrides the config).")
+@click.option("--batch-size", type=int, help="Clips per batch (overrides the config).")
+@click.option("--device", help="auto, cpu, cuda, cuda:1, ...")
+def sweep_command(
+    store, head, config_path, trials, startup_trials, batch_trials, storage, study_name, out_dir, lr, weight_decay,
+    min_epochs, reduction_factor, top_k, final_seeds, final, epochs, batch_size, device,
+) -> None:
+    """Search lr and weight decay for one head on STORE (Sobol, then TPE, pruned), then re-run the best with seeds."""
+    config = load_config(config_path) if config_path else {}
+    train = {key: value for key, value in (("epochs", epochs), ("batch_size", batch_size), ("device", device))
+             if value is not None}
+    if train:
+        config["train"] = {**config.get("train", {}), **train}
+    sweep = {
+        "trials": trials, "startup_trials": startup_trials, "batch_trials": batch_trials, "min_epochs": min_epochs,
+        "reduction_factor": reduction_factor, "top_k": top_k, "final_seeds": final_seeds,
+        "lr": _range(lr, "--lr"), "weight_decay": _range(weight_decay, "--weight-decay"),
+    }
+    report = run_sweep(store, head, out_dir, config=config, sweep=sweep, storage=storage, study_name=study_name,
+                       final=final, log=click.echo)
+    if report.final is not None:
+        click.echo(format_results(report))
+    click.echo(f"sweep: {report.out_dir} (trials.csv, results.csv, best.yaml)  study: {report.study_name} "
+               f"in {report.storage}; this worker ran {len(report.ran_here)} trial(s) in {report.seconds:.1f} s")
+
+
+COMMANDS = [sweep_command]
