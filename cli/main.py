@@ -30,9 +30,10 @@ def main() -> None:
 
 def _register_commands() -> None:
     # Each command lives in its own module; the list is the whole CLI.
-    from embedcache_cli import commands_core, commands_data, commands_probe, commands_sweep
+    from embedcache_cli import commands_core, commands_data, commands_probe, commands_share, commands_sweep
 
-    for command in commands_core.COMMANDS + commands_data.COMMANDS + commands_probe.COMMANDS + commands_sweep.COMMANDS:
+    for command in commands_core.COMMANDS + commands_data.COMMANDS + commands_probe.COMMANDS + commands_sweep.COMMANDS \
+            + commands_share.COMMANDS:
         main.add_command(command)
 
 

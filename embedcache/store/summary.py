@@ -9,12 +9,13 @@ def summarize(store: TokenStore) -> dict:
     """Counts, shapes, sizes and provenance of a store as plain data."""
     spec, provenance = store.spec, store.provenance
     split_counts = {name: len(store.split_indices(name)) for name in store.split_names}
-    positives = store.labels.sum(axis=0)
+    positives = store.labels[store.selected].sum(axis=0)
     raw = spec.token_nbytes()
     disk = store.disk_nbytes()
     encoder = provenance.get("encoder", {})
     return {
         "path": store.path,
+        "subset": store.subset.to_dict() or None,
         "status": store.status,
         "clips": store.n_clips,
         "splits": split_counts,
@@ -70,7 +71,7 @@ def format_summary(summary: dict) -> str:
     provenance = s["provenance"]
     versions = provenance.get("versions") or {}
     lines = [
-        f"store       {s['path']}  [{s['status']}]",
+        f"store       {s['path']}  [{s['status']}]" + (f"  subset {s['subset']}" if s.get("subset") else ""),
         f"clips       {s['clips']}  ({splits}); skipped {len(s['skipped'])}",
         f"labels      {len(s['labels'])} {'multi-label' if s['multilabel'] else 'multi-class'} "
         f"(positives): {labels}",

@@ -1,0 +1,102 @@
+"""Sharing commands: verify, pack, copy, append, export (HDF5) and import."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("verify")
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-values", is_flag=True, help="Skip the NaN/inf scan of tokens (still decodes every chunk).")
+def verify_command(store: str, as_json: bool, no_values: bool) -> None:
+    """Decode every chunk of STORE (path, .zip or URL) and check markers, counts, NaN/inf and provenance."""
+    from embedcache.store.verify import verify_store
+
+    report = verify_store(store, check_values=not no_values)
+    if as_json:
+        click.echo(json.dumps({
+            "store": report.url, "ok": report.ok, "arrays": report.arrays_checked, "chunks": report.chunks_checked,
+            "bytes_decoded": report.bytes_decoded, "seconds": round(report.seconds, 3),
+            "problems": [{"key": p.key, "what": p.what} for p in report.problems],
+        }, indent=2))
+    elif report.ok:
+        click.echo(f"{report.url}: OK: {report.chunks_checked} chunks in {report.arrays_checked} arrays decoded "
+                   f"({report.bytes_decoded / 1e6:.1f} MB) in {report.seconds:.2f} s")
+    else:
+        click.secho(f"{report.url}: {len(report.problems)} problem(s):", fg="red", err=True)
+        for problem in report.problems[:500]:
+            click.echo(f"  {problem}", err=True)
+        if len(report.problems) > 500:
+            click.echo(f"  ... and {len(report.problems) - 500} more (use --json for all)", err=True)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@click.command("pack")
+@click.argument("store")
+@click.argument("zip_path", metavar="OUT.zip")
+@click.option("--overwrite", is_flag=True, help="Replace OUT.zip if it exists.")
+def pack_command(store: str, zip_path: str, overwrite: bool) -> None:
+    """Pack a complete STORE into one .zip that every command opens directly (read-only)."""
+    from embedcache.store.pack import pack_store
+
+    report = pack_store(store, zip_path, overwrite=overwrite)
+    click.echo(f"{report.destination}: {report.objects} objects, {report.bytes / 1e6:.2f} MB in "
+               f"{report.seconds:.2f} s")
+
+
+@click.command("copy")
+@click.argument("source")
+@click.argument("destination")
+@click.option("--overwrite", is_flag=True, help="Replace a store already at DESTINATION.")
+def copy_command(source: str, destination: str, overwrite: bool) -> None:
+    """Copy a store byte for byte between places: directories, s3://... (or other fsspec URLs) and .zip files."""
+    from embedcache.store.pack import copy_store
+
+    report = copy_store(source, destination, overwrite=overwrite)
+    click.echo(f"{report.destination}: {report.objects} objects, {report.bytes / 1e6:.2f} MB in {report.seconds:.2f} s "
+               f"({report.megabytes_per_second:.1f} MB/s)")
+
+
+@click.command("append")
+@click.argument("store")
+@click.argument("source")
+def append_command(store: str, source: str) -> None:
+    """Add SOURCE's new clips (or, for the same clips, its new layers) to STORE in place; same encoder only."""
+    from embedcache.store.grow import append_store
+
+    report = append_store(store, source)
+    what = f"{report.clips_added} clips" if report.mode == "clips" else f"layers {report.layers_added}"
+    click.echo(f"{report.store}: appended {what} ({report.chunks_written} chunks written in {report.seconds:.1f} s)")
+
+
+@click.command("export")
+@click.argument("store")
+@click.argument("h5_path", metavar="OUT.h5")
+@click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT.h5 if it exists.")
+def export_command(store: str, h5_path: str, compression: str, overwrite: bool) -> None:
+    """Write STORE to one HDF5 file: tokens, prefix, labels, grid, valid tokens, clip ids, splits, provenance."""
+    from embedcache.store.hdf5 import export_hdf5
+
+    out = export_hdf5(store, h5_path, compression=None if compression == "none" else compression,
+                      overwrite=overwrite)
+    click.echo(f"{out}: written ({out.stat().st_size / 1e6:.2f} MB)")
+
+
+@click.command("import")
+@click.argument("h5_path", metavar="IN.h5", type=click.Path(dir_okay=False))
+@click.argument("store")
+@click.option("--overwrite", is_flag=True, help="Replace a store already at STORE.")
+def import_command(h5_path: str, store: str, overwrite: bool) -> None:
+    """Create STORE (directory or URL) from an HDF5 file written by `embedcache export`."""
+    from embedcache.store.hdf5 import import_hdf5
+
+    opened = import_hdf5(h5_path, store, overwrite=overwrite)
+    click.echo(f"{opened.path}: imported {opened.n_clips} clips, layers {opened.layers}")
+
+
+COMMANDS = [verify_command, pack_command, copy_command, append_command, export_command, import_command]
