@@ -34,8 +34,10 @@ def _numbers(text: str | None, option: str) -> list[float] | None:
 @click.option("--device", help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--ledger", type=click.Path(dir_okay=False), help="Results ledger CSV (default: <out>/../ledger.csv)")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out if there is one.")
+@click.option("--subset", help="A view of the store: 'splits=a,b;classes=x,y;clip_ids=@ids.txt' (recorded in the run).")
 def probe_command(
-    store, heads, out_dir, config_path, seeds, lr, weight_decay, layer, epochs, batch_size, device, ledger, overwrite
+    store, heads, out_dir, config_path, seeds, lr, weight_decay, layer, epochs, batch_size, device, ledger, overwrite,
+    subset,
 ) -> None:
     """Train probe heads on STORE, choose each on validation, test it once, and print a comparison table."""
     config = load_config(config_path) if config_path else {}
@@ -53,6 +55,8 @@ def probe_command(
         config["train"] = {**config.get("train", {}), **train}
     if layer is not None:
         config["layer"] = layer
+    if subset:
+        config["subset"] = subset
     head_kinds = [part.strip() for part in heads.split(",") if part.strip()] if heads else None
     report = run_probe(
         store, head_kinds, out_dir, config=config, seeds=seeds, ledger=ledger, overwrite=overwrite

@@ -25,7 +25,7 @@ from embedcache import audio, distributed, encoders
 from embedcache.checkpoints import sha256_file
 from embedcache.datasets import Manifest, find_bad_rows
 from embedcache.errors import BadInputError, ConfigError, StoreError
-from embedcache.store import layout
+from embedcache.store import layout, urls
 from embedcache.store.writer import (
     BackgroundChunkWriter,
     StoreSpec,
@@ -207,7 +207,7 @@ def _wait_for_store(path: str, seconds: float) -> zarr.Group:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            group = zarr.open_group(path, mode="r+")
+            group = urls.open_group(path, mode="r+")
             store_attrs(group)
             return group
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, StoreError, KeyError):

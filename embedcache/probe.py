@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from embedcache import heads as head_registry
 from embedcache.errors import ConfigError, StoreError
 from embedcache.store import TokenStore
+from embedcache.store.subset import Subset
 from embedcache.train import (
     HeadBank,
     HeadSpec,
@@ -44,6 +45,7 @@ DEFAULT_CONFIG: dict = {
     "task": None,
     "splits": {"train": "train", "valid": "valid", "test": "test"},
     "split_stores": {},
+    "subset": None,
     "heads": ["linear", "attentive", "protobin"],
     "grid": {"lr": [1e-3, 3e-3, 1e-2], "weight_decay": [1e-4]},
     "seeds": 1,
@@ -142,6 +144,7 @@ def resolve_config(config: dict | None = None, **overrides) -> dict:
         raise ConfigError(f"seeds: {merged['seeds']} must be >= 1")
     merged["seeds"], merged["seed"] = int(merged["seeds"]), int(merged["seed"])
     merged["train"] = TrainConfig.from_dict(merged["train"]).to_dict()
+    merged["subset"] = Subset.from_value(merged["subset"]).to_dict() or None  # the view, recorded as plain data
     return merged
 
 
@@ -213,10 +216,10 @@ def _check_train_positives(train: SplitData) -> None:
 
 
 def _open_data(config: dict) -> dict[str, SplitData]:
-    train_store = TokenStore.open(config["store"])
+    train_store = TokenStore.open(config["store"], subset=config["subset"])
     stores = {"train": train_store}
     for role, path in config["split_stores"].items():
-        stores[role] = TokenStore.open(path)
+        stores[role] = TokenStore.open(path, subset=config["subset"])
         _check_compatible(train_store, stores[role], role)
     roles = [role for role in SPLIT_ROLES if config["splits"].get(role) is not None]
     requests = [(stores.get(role, train_store), config["splits"][role]) for role in roles]
@@ -282,7 +285,7 @@ def run_probe(
     resolved["layer"] = train.layer
     multilabel = train.store.is_multilabel if resolved["task"] is None else resolved["task"] == "multilabel"
     resolved["task"] = "multilabel" if multilabel else "multiclass"
-    if not multilabel and (train.store.labels.sum(axis=1) != 1).any():
+    if not multilabel and (train.store.labels[train.store.selected].sum(axis=1) != 1).any():
         raise ConfigError(
             f"task: multiclass, but {train.store.path} has clips with zero or several labels; use task: multilabel"
         )
@@ -387,6 +390,7 @@ def _write_run(report: ProbeReport, banks: list, store: TokenStore) -> None:
         "task": report.config["task"],
         "selection_metric": report.results[0].metric,
         "data_paths": report.data_paths,
+        "view": store.describe_view(),
         "std": "sample standard deviation over seeds (ddof=1)",
         "heads": [
             {"head": r.name, "kind": r.kind, "lr": r.lr, "weight_decay": r.weight_decay, "options": r.options,
