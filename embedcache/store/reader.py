@@ -69,7 +69,10 @@ class TokenStore:
         except urls.MissingStoreError:
             store = None
         if store is None or not urls.has_key(store, "zarr.json"):
-            raise StoreError(f"{url}: no token store there (run `embedcache extract ... --out {url}` first)")
+            v2 = store is not None and urls.get_bytes(store, ".zgroup") is not None
+            raise StoreError(f"{url}: no token store there" + (
+                " (Zarr v2 metadata is there: only Zarr v3 stores are read)" if v2
+                else f" (run `embedcache extract ... --out {url}` first)"))
         safety.ensure_safe(store, url)
         group = zarr.open_group(store=store, mode="r", zarr_format=3)
         token_store = cls(group, url, subset)

@@ -100,7 +100,7 @@ def _verify(report: VerifyReport, check_values: bool) -> None:
             return
     store = urls.open_store(url, "r")
     if not urls.has_key(store, "zarr.json"):
-        report.add(url, "no token store there (no zarr.json)")
+        report.add(url, f"no token store there ({safety.metadata_problems(store)[0]})")
         return
     unsafe = safety.metadata_problems(store)
     if unsafe:
