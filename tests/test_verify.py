@@ -30,7 +30,8 @@ def make_store(path: Path, n: int = 24, dtype: str = "float16", prefix: bool = T
     return write_store(
         path, {1: tokens, 3: tokens * 2}, labels, LABELS, [f"clip{i:02d}" for i in range(n)], splits, (3, 2),
         prefix={1: tokens[:, :1], 3: tokens[:, :1]} if prefix else None, dtype=dtype, chunk_clips=4,
-        provenance={"layers": [1, 3], "dtype": dtype, "encoder": {"name": "test", "embed_dim": 8, "num_prefix": int(prefix)}},
+        provenance={"layers": [1, 3], "dtype": dtype,
+                    "encoder": {"name": "test", "embed_dim": 8, "num_prefix": int(prefix)}},
     )
 
 
@@ -86,7 +87,7 @@ def test_deleted_chunk_is_missing_not_zeros(tmp_path):
     # plain zarr would hand back zeros for a missing chunk; the reader refuses
     assert not zarr.open_group(str(store), mode="r")["prefix/layer_3"][20:24].any()
     with pytest.raises(StoreError, match=r"chunk valid_tokens/c/1 is missing"):
-        TokenStore.open(store).valid_tokens
+        _ = TokenStore.open(store).valid_tokens
     with pytest.raises(StoreError, match=r"valid_tokens/c/1 is missing"):
         run_probe(store, ["linear"], tmp_path / "run", config=PROBE)
 
@@ -137,7 +138,8 @@ def test_markers_status_counts_and_provenance_are_checked(tmp_path):
     assert "completion marker is unset" in problems["chunk_done/c/4"]
     assert "codes >= 3" in problems["splits"]
     assert "1 duplicated clip id(s), e.g. ['clip02']" in problems["clip_ids"]
-    assert "records [1, 2, 3] but the store holds [1, 3]" in problems["zarr.json:attributes.embedcache.provenance.layers"]
+    layers = problems["zarr.json:attributes.embedcache.provenance.layers"]
+    assert "records [1, 2, 3] but the store holds [1, 3]" in layers
     edit_attrs(store, lambda a: a.update(status="writing"))
     problems = {p.key: p.what for p in verify_store(store).problems}
     assert "1 of 6 chunks pending (first [4])" in problems["zarr.json:attributes.embedcache.status"]
