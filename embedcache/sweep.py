@@ -218,20 +218,24 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         # Several local workers share one file: wait for the write lock instead of failing at once.
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except ImportError as error:
-        raise ConfigError(f"--storage {redact(url)}: the database driver is missing ({error}); for PostgreSQL "
-                          "pip install 'psycopg[binary]' (or embedcache[postgres])") from None
-    except Exception as error:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean the database cannot be used
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        password = _password(url)
-        if password:
-            first = first.replace(password, "***")
-        raise ConfigError(
-            f"--storage {redact(url)}: cannot open the study database ({first}); start the server, create the "
-            "database and role, or fix the URL"
-        ) from None
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except ImportError as error:
+            raise ConfigError(f"--storage {redact(url)}: the database driver is missing ({error}); for PostgreSQL "
+                              "pip install 'psycopg[binary]' (or embedcache[postgres])") from None
+        except Exception as error:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean the database is unusable
+            failure = error
+            # Workers started together may race to create the tables; the loser finds them on the next try.
+            time.sleep(0.3 * (attempt + 1))
+    first = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
+    password = _password(url)
+    if password:
+        first = first.replace(password, "***")
+    raise ConfigError(
+        f"--storage {redact(url)}: cannot open the study database ({first}); start the server, create the "
+        "database and role, or fix the URL"
+    )
 
 
 def _fingerprint_diff(stored: dict, ours: dict, prefix: str = "") -> list[str]:
@@ -425,7 +429,12 @@ def _progress_line(study: optuna.Study, sweep: SweepConfig, metric: str, asked: 
     done = sum(t.state in FINISHED for t in trials)
     pruned = sum(t.state == TrialState.PRUNED for t in trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    numbers = f"{asked[0].number}-{asked[-1].number}" if len(asked) > 1 else str(asked[0].number)
+    numbers = [t.number for t in asked]
+    # Other workers may take numbers in between: a range only when this pass's trials are consecutive.
+    if len(numbers) > 1 and numbers == list(range(numbers[0], numbers[-1] + 1)):
+        numbers = f"{numbers[0]}-{numbers[-1]}"
+    else:
+        numbers = ",".join(map(str, numbers))
     line = f"trials {numbers} ({len(asked)} per pass, {seconds:.1f} s): done {done}/{sweep.trials}, pruned {pruned}"
     if complete:
         best = max(complete, key=lambda t: t.value)
