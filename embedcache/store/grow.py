@@ -65,6 +65,12 @@ def differing_field(base: dict, base_spec: StoreSpec, other: dict, other_spec: S
     return None
 
 
+def source_identity(source: TokenStore) -> str:
+    """A hash naming one source store: its settings fingerprint, its clip ids and its layers."""
+    return fingerprint_of({"fingerprint": source.fingerprint, "clip_ids": "\n".join(source.clip_ids.tolist()),
+                           "layers": source.layers})
+
+
 def _choose_mode(store: TokenStore, source: TokenStore, dst: str, src: str) -> str:
     same_ids = len(source.clip_ids) == len(store.clip_ids) and (source.clip_ids == store.clip_ids).all()
     if same_ids:
@@ -100,7 +106,7 @@ def append_store(destination: str | Path, source: str | Path) -> AppendReport:
     attrs = store_attrs(group)
     incoming = TokenStore.open(src)
     growing = attrs.get("growing")
-    if growing and growing.get("source_fingerprint") != incoming.fingerprint:
+    if growing and growing.get("source_id") != source_identity(incoming):
         raise StoreError(f"{dst}: an append from {growing.get('source')} was interrupted; re-run that append to "
                          "finish it before appending another store")
     if not growing and attrs["status"] != layout.STATUS_COMPLETE:
@@ -141,7 +147,7 @@ def _begin(group: zarr.Group, attrs: dict, base: StoreSpec, incoming: TokenStore
         grown.split_names = base.split_names + [n for n in incoming.split_names if n not in base.split_names]
     else:
         grown.layers = sorted(set(base.layers) | set(incoming.layers))
-    growing = {"mode": mode, "source": src, "source_fingerprint": incoming.fingerprint,
+    growing = {"mode": mode, "source": src, "source_id": source_identity(incoming),
                "base_layout": base.to_attrs(), "base_fingerprint": attrs.get("fingerprint"), "prepared": False}
     attrs = {**attrs, "status": layout.STATUS_WRITING, "layout": grown.to_attrs(), "growing": growing}
     # A new fingerprint now: the original extract command must not "resume" a half-grown store.
