@@ -112,7 +112,7 @@ def write_synthetic_store(
 ) -> TokenStore:
     """Write a complete synthetic store at `path`, one chunk at a time, and open it."""
     labels, onsets, split_codes = label_plan(spec)
-    directions = class_directions(spec)
+    directions = class_directions(spec).to(device)
     store_spec = StoreSpec(
         n_clips=spec.n_clips, num_tokens=spec.num_tokens, num_prefix=spec.num_prefix, embed_dim=spec.embed_dim,
         grid=tuple(spec.grid), layers=[0], dtype=dtype,
