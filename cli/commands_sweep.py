@@ -41,12 +41,14 @@ def _range(text: str | None, option: str) -> list[float] | None:
 @click.option("--final-seeds", type=int, default=5, show_default=True, help="Seeds of the final re-run.")
 @click.option("--final/--no-final", default=True, show_default=True,
               help="Re-run the top trials once the study is full (workers may pass --no-final).")
+@click.option("--final-now", is_flag=True,
+              help="Re-run the top trials even while some still run (a killed worker leaves its trials running).")
 @click.option("--epochs", type=int, help="Training epochs (overrides the config).")
 @click.option("--batch-size", type=int, help="Clips per batch (overrides the config).")
 @click.option("--device", help="auto, cpu, cuda, cuda:1, ...")
 def sweep_command(
     store, head, config_path, trials, startup_trials, batch_trials, storage, study_name, out_dir, lr, weight_decay,
-    min_epochs, reduction_factor, top_k, final_seeds, final, epochs, batch_size, device,
+    min_epochs, reduction_factor, top_k, final_seeds, final, final_now, epochs, batch_size, device,
 ) -> None:
     """Search lr and weight decay for one head on STORE (Sobol, then TPE, pruned), then re-run the best with seeds."""
     config = load_config(config_path) if config_path else {}
@@ -60,7 +62,7 @@ def sweep_command(
         "lr": _range(lr, "--lr"), "weight_decay": _range(weight_decay, "--weight-decay"),
     }
     report = run_sweep(store, head, out_dir, config=config, sweep=sweep, storage=storage, study_name=study_name,
-                       final=final, log=click.echo)
+                       final=final, final_now=final_now, log=click.echo)
     if report.final is not None:
         click.echo(format_results(report))
     click.echo(f"sweep: {report.out_dir} (trials.csv, results.csv, best.yaml)  study: {report.study_name} "

@@ -452,12 +452,14 @@ def run_sweep(
     storage: str | None = None,
     study_name: str | None = None,
     final: bool = True,
+    final_now: bool = False,
     log: Callable[[str], None] = print,
 ) -> SweepReport:
     """Run trials of one head's study until its budget is spent, then re-run the top configurations with seeds.
 
     out_dir: default runs/sweeps/<study>; storage: default sqlite:///<out>/study.db; study_name: default
-    <store>-<head>. Several workers (processes or machines) may run this at once on one study.
+    <store>-<head>. Several workers (processes or machines) may run this at once on one study. The re-run waits
+    until no trial is running, unless final_now (a killed worker leaves its trials running in the study for good).
     """
     sweep = sweep if isinstance(sweep, SweepConfig) else SweepConfig.from_dict(sweep or {})
     resolved = resolve_config(config, store=_absolute(store_path) if store_path is not None else None)
@@ -516,9 +518,9 @@ def run_sweep(
     running = [r["number"] for r in rows if r["state"] == "running"]
     if not final:
         return report
-    if running:
+    if running and not final_now:
         log(f"{len(running)} trial(s) still running on other workers ({running[:8]}); run this command again when "
-            "they finish to re-run the top configurations")
+            "they finish to re-run the top configurations (or with --final-now if a worker was killed)")
         return report
     _final_rerun(report, resolved, chosen, sweep)
     return report

@@ -198,6 +198,20 @@ def test_a_worker_with_other_settings_cannot_join_the_study(store, tmp_path):
     assert again.ran_here == [] and len(again.trials) == 2
 
 
+def test_a_killed_workers_running_trial_holds_the_final_rerun_until_final_now(store, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'killed.db'}"
+    optuna.create_study(storage=storage, study_name="k", direction="maximize").ask()  # trial 0, never told
+    lines = []
+    sweep = {**SMALL, "trials": 4, "top_k": 1}
+    waiting = run_sweep(store.path, "linear", tmp_path / "k", PROBE, sweep, storage=storage, study_name="k",
+                        log=lines.append)
+    assert sorted(waiting.ran_here) == [1, 2, 3] and waiting.final is None
+    assert "1 trial(s) still running on other workers ([0])" in lines[-1]
+    forced = run_sweep(store.path, "linear", tmp_path / "k", PROBE, sweep, storage=storage, study_name="k",
+                       final_now=True, log=quiet)
+    assert forced.ran_here == [] and forced.final is not None and forced.best["trial"] in (1, 2, 3)
+
+
 def test_refusals_name_the_field_and_the_fix(store, tmp_path):
     with pytest.raises(ConfigError, match="pass --head NAME"):
         run_sweep(store.path, None, tmp_path / "x", {**PROBE, "heads": ["linear", "protobin"]}, SMALL, log=quiet)
