@@ -30,10 +30,17 @@ def main() -> None:
 
 def _register_commands() -> None:
     # Each command lives in its own module; the list is the whole CLI.
-    from embedcache_cli import commands_core, commands_data, commands_probe, commands_share, commands_sweep
+    from embedcache_cli import (
+        commands_core,
+        commands_data,
+        commands_probe,
+        commands_report,
+        commands_share,
+        commands_sweep,
+    )
 
     for command in commands_core.COMMANDS + commands_data.COMMANDS + commands_probe.COMMANDS + commands_sweep.COMMANDS \
-            + commands_share.COMMANDS:
+            + commands_share.COMMANDS + commands_report.COMMANDS:
         main.add_command(command)
 
 
