@@ -160,7 +160,7 @@ def prototype_section(run_dir: Path, out_dir: Path, clips: list[str] | None, cou
                                           top=min(top, len(store.label_names)))
         path = figures.save(figure, out_dir / f"prototypes_{_safe(clip_id)}.png")
         images.append(path)
-        section.images.append((path, f"{clip_id} ({background.kind})"))
+        section.images.append((path, f"{clip_id} ({background.kind}; {background.note})"))
     return section, images
 
 

@@ -35,7 +35,7 @@ def prototype_figure(clip_id: str, true_labels: Sequence[str], label_names: Sequ
                      background: Background, grid: tuple[int, int], head_name: str, top: int = 3) -> Figure:
     """One row per top class: the clip's spectrogram with its best prototype's similarity over the token grid."""
     classes = evidence.top_classes(top)
-    figure = Figure(figsize=(9.5, 2.6 * len(classes) + 0.4))
+    figure = Figure(figsize=(9.5, 2.6 * len(classes) + 0.4), layout="constrained")
     n_time, n_freq = grid
     if background.seconds is not None:
         extent = (0.0, background.seconds, 0.0, float(background.image.shape[0]))
@@ -79,7 +79,8 @@ def per_class_figure(series: Sequence[PerClassAP], max_named: int = 40) -> Figur
     first = series[0]
     order = np.argsort(-np.nan_to_num(first.ap, nan=-1.0), kind="stable")
     count = len(order)
-    figure = Figure(figsize=(max(7.0, min(18.0, 0.28 * count + 3)) if count <= max_named else 10.0, 4.2))
+    width = max(7.0, min(18.0, 0.28 * count + 3)) if count <= max_named else 10.0
+    figure = Figure(figsize=(width, 4.2), layout="constrained")
     axis = figure.add_subplot(1, 1, 1)
     x = np.arange(count)
     if count <= max_named:
@@ -104,7 +105,7 @@ def per_class_figure(series: Sequence[PerClassAP], max_named: int = 40) -> Figur
 def sweep_figure(trials: SweepTrials) -> Figure:
     """lr x weight decay (log axes) coloured by validation metric, one panel per head; pruned/failed marked."""
     heads = list(dict.fromkeys(trials.head))
-    figure = Figure(figsize=(5.2 * len(heads), 4.2))
+    figure = Figure(figsize=(5.2 * len(heads), 4.2), layout="constrained")
     values = trials.value[np.isfinite(trials.value)]
     vmin, vmax = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
     state = np.array(trials.state)
@@ -139,7 +140,7 @@ def sweep_figure(trials: SweepTrials) -> Figure:
 
 def curve_figure(rows: Sequence[dict], metric: str) -> Figure:
     """Validation metric per epoch of every head configuration in a run's curves.csv (log-scaled loss beside it)."""
-    figure = Figure(figsize=(11, 3.8))
+    figure = Figure(figsize=(11, 3.8), layout="constrained")
     loss_axis, metric_axis = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     groups: dict[str, list[dict]] = {}
     for row in rows:

@@ -190,12 +190,13 @@ def sweep_trials(path: str | Path) -> SweepTrials:
     metric = metric_column.removeprefix("valid_")
     if "state" in rows[0]:
         last = f"last_valid_{metric}"
+        name = _sweep_head_name(path.parent / "sweep.yaml")
         # A pruned trial has no final value: show where it stood when it was stopped.
         values = [_number(r[metric_column]) if r["state"] == "complete" else _number(r.get(last)) for r in rows]
         return SweepTrials(str(path), metric, np.array([float(r["lr"] or "nan") for r in rows]),
                            np.array([float(r["weight_decay"] or "nan") for r in rows]),
                            np.array([np.nan if v is None else v for v in values]), [r["state"] for r in rows],
-                           ["trial"] * len(rows))
+                           [name] * len(rows))
     grouped: dict[tuple, list[float]] = {}
     for row in rows:
         value = _number(row[metric_column])
@@ -205,3 +206,13 @@ def sweep_trials(path: str | Path) -> SweepTrials:
     return SweepTrials(str(path), metric, np.array([k[1] for k in keys]), np.array([k[2] for k in keys]),
                        np.array([np.nanmean(grouped[k]) if not np.isnan(grouped[k]).all() else np.nan for k in keys]),
                        ["complete"] * len(keys), [k[0] for k in keys])
+
+
+def _sweep_head_name(path: Path) -> str:
+    """The swept head's name from a sweep's sweep.yaml, or "trials"."""
+    import yaml
+
+    if not path.is_file():
+        return "trials"
+    head = (yaml.safe_load(path.read_text()) or {}).get("head") or {}
+    return f"{head.get('name', 'trials')} (Optuna trials)"

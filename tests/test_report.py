@@ -1,0 +1,324 @@
+"""Reports: prototype evidence math, head table, sweep readers, source discovery, whole pages, a real browser."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from embedcache import heads
+from embedcache.errors import ConfigError
+from embedcache.extract import ExtractConfig, extract
+from embedcache.probe import run_probe
+from embedcache.report import build_report, find_sources
+from embedcache.report.evidence import clip_evidence, grid_map, load_head
+from embedcache.report.tables import head_table, sweep_trials
+from embedcache.store import write_store
+from embedcache_cli.main import main as cli
+
+GRID = (6, 3)  # n_time, n_freq
+DIM = 16
+
+
+# -- evidence: pure math ---------------------------------------------------------------------------------------
+def _planted_clip(direction: torch.Tensor, t: int, f: int) -> torch.Tensor:
+    """Tokens [T, D]: small noise, one token at (t, f) pointing along `direction`."""
+    tokens = 0.05 * torch.randn(GRID[0] * GRID[1], DIM, generator=torch.Generator().manual_seed(1))
+    tokens[t * GRID[1] + f] += direction
+    return tokens
+
+
+def test_grid_map_puts_time_major_tokens_at_freq_row_time_column():
+    values = np.arange(GRID[0] * GRID[1])  # token t * n_freq + f holds its own index
+    image = grid_map(values, GRID)
+    assert image.shape == (GRID[1], GRID[0])
+    assert image[2, 4] == 4 * GRID[1] + 2
+    assert image[0, 5] == 5 * GRID[1]
+
+
+def test_protobin_evidence_finds_the_planted_token_and_the_supporting_prototype():
+    head = heads.create("protobin", num_classes=2, embed_dim=DIM, prototypes_per_class=2,
+                        generator=torch.Generator().manual_seed(0))
+    signs = torch.ones(4, DIM)
+    signs[2, DIM // 2:] = -1.0  # prototype 2's binary pattern
+    with torch.no_grad():
+        head.prototypes.copy_(0.1 * signs)
+        head.prototypes[[0, 1, 3]] = 0.1 * torch.randn(3, DIM, generator=torch.Generator().manual_seed(5))
+        head.fc.weight.zero_()
+        head.fc.weight[1, 2] = 3.0  # class 1 is supported by prototype 2 only
+        head.fc.bias.zero_()
+    tokens = _planted_clip(signs[2] / DIM**0.5, t=4, f=1)
+    mask = torch.ones(len(tokens), dtype=torch.bool)
+    mask[-GRID[1]:] = False  # the last time step is padding
+    evidence = clip_evidence(head, tokens, mask)
+
+    assert evidence.best_prototype(1) == 2
+    planted = grid_map(evidence.similarity[:, 2], GRID)
+    assert np.unravel_index(np.nanargmax(planted), planted.shape) == (1, 4)  # (freq row, time column)
+    assert np.isnan(evidence.similarity[-GRID[1]:]).all()
+    # Scores are the max over real tokens; contributions are fc.weight * score; probabilities match the head.
+    unit = torch.nn.functional.normalize(tokens[:-GRID[1]], dim=-1) @ torch.nn.functional.normalize(
+        torch.sign(head.prototypes.detach()), dim=-1).t()
+    np.testing.assert_allclose(evidence.scores, unit.max(dim=0).values.numpy(), atol=1e-6)
+    np.testing.assert_allclose(evidence.contributions[1, 2], 3.0 * evidence.scores[2], atol=1e-6)
+    logits = head(heads.TokenBatch(tokens[None], mask[None]))[0].detach()
+    np.testing.assert_allclose(evidence.probabilities, torch.sigmoid(logits).numpy(), atol=1e-6)
+    assert evidence.top_classes(2)[0] == 1
+
+
+def test_proto_evidence_only_uses_each_class_own_prototypes():
+    head = heads.create("proto", num_classes=2, embed_dim=DIM, prototypes_per_class=3,
+                        generator=torch.Generator().manual_seed(0))
+    tokens = _planted_clip(head.prototypes.detach()[1], t=0, f=0)  # matches class 0's prototype 1
+    evidence = clip_evidence(head, tokens, torch.ones(len(tokens), dtype=torch.bool))
+    assert evidence.best_prototype(0) == 1
+    assert 3 <= evidence.best_prototype(1) < 6
+    assert np.isneginf(evidence.contributions[0, 3:]).all() and np.isneginf(evidence.contributions[1, :3]).all()
+
+
+def test_load_head_refuses_files_without_a_config(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ConfigError, match="no 'config'"):
+        load_head(tmp_path / "w.safetensors")
+    with pytest.raises(ConfigError, match="no head weights"):
+        load_head(tmp_path / "missing.safetensors")
+
+
+# -- tables and sweeps -----------------------------------------------------------------------------------------
+def _ledger_row(**values) -> dict:
+    row = {"timestamp": "2026-01-01T00:00:00+00:00", "run_dir": "/r/a", "store": "/nowhere/as20k-beats.zarr",
+           "encoder": "beats", "layer": "11", "head": "protobin", "metric": "map", "valid": "0.5", "test": ""}
+    row.update(values)
+    return row
+
+
+def test_head_table_has_paper_shape_latest_run_mean_std_and_valid_fallback():
+    rows = [
+        _ledger_row(test="0.40", seed="0"), _ledger_row(test="0.50", seed="1"),
+        # a later run of the same encoder x head x dataset replaces the earlier one
+        _ledger_row(timestamp="2026-02-01T00:00:00+00:00", run_dir="/r/b", test="0.30", seed="0"),
+        _ledger_row(timestamp="2026-02-01T00:00:00+00:00", run_dir="/r/b", test="0.34", seed="1"),
+        _ledger_row(head="linear", test="0.20"),
+        _ledger_row(encoder="eat", store="/nowhere/esc50-eat.zarr", head="linear", metric="accuracy",
+                    valid="0.9", test=""),
+    ]
+    names = {"/nowhere/as20k-beats.zarr": "as20k", "/nowhere/esc50-eat.zarr": "esc50"}
+    table = head_table(rows, names)
+    assert table.rows == [("beats", "linear"), ("beats", "protobin"), ("eat", "linear")]
+    assert table.datasets == ["as20k", "esc50"]
+    mean, std, seeds = table.cells[("beats", "protobin"), "as20k"]
+    assert (round(mean, 6), round(std, 6), seeds) == (0.32, round(float(np.std([0.30, 0.34], ddof=1)), 6), 2)
+    assert table.cell_text(("eat", "linear"), "esc50") == "90.00 ± 0.00"  # valid when there is no test
+    assert table.cell_text(("eat", "linear"), "as20k") == "-"
+    assert table.metrics == {"as20k": "map", "esc50": "accuracy"}
+    markdown = table.to_markdown()
+    assert "| beats | protobin | **32.00 ± 2.83** | - |" in markdown
+    assert "as20k (mAP)" in markdown and "esc50 (accuracy)" in markdown
+
+
+def test_head_table_splits_an_encoder_probed_at_several_layers():
+    rows = [_ledger_row(layer="11", test="0.3"), _ledger_row(layer="8", test="0.2")]
+    table = head_table(rows, {"/nowhere/as20k-beats.zarr": "as20k"})
+    assert table.rows == [("beats L11", "protobin"), ("beats L8", "protobin")]
+
+
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_sweep_trials_reads_optuna_states_and_grid_means(tmp_path):
+    trials = _write_csv(tmp_path / "trials.csv", [
+        {"number": 0, "state": "complete", "lr": 1e-3, "weight_decay": 1e-4, "valid_map": 0.6, "last_valid_map": 0.6,
+         "epochs": 4, "sampler": "sobol", "worker": "w"},
+        {"number": 1, "state": "pruned", "lr": 1e-1, "weight_decay": 1e-5, "valid_map": "", "last_valid_map": 0.1,
+         "epochs": 1, "sampler": "sobol", "worker": "w"},
+    ])
+    read = sweep_trials(trials)
+    assert read.metric == "map" and read.state == ["complete", "pruned"]
+    np.testing.assert_allclose(read.value, [0.6, 0.1])
+    grid = _write_csv(tmp_path / "sweep.csv", [
+        {"head": "linear", "kind": "linear", "lr": 1e-3, "weight_decay": 1e-4, "seed": 0, "valid_map": 0.2},
+        {"head": "linear", "kind": "linear", "lr": 1e-3, "weight_decay": 1e-4, "seed": 1, "valid_map": 0.4},
+        {"head": "linear", "kind": "linear", "lr": 1e-2, "weight_decay": 1e-4, "seed": 0, "valid_map": 0.5},
+    ])
+    read = sweep_trials(grid)
+    np.testing.assert_allclose(read.value, [0.3, 0.5])
+    assert read.head == ["linear", "linear"] and read.state == ["complete", "complete"]
+
+
+# -- end to end ------------------------------------------------------------------------------------------------
+def _synthetic_store(path: Path):
+    """24 clips, 3 classes: class c is one strong token along direction c at frequency row c, a random time."""
+    rng = np.random.default_rng(0)
+    directions = rng.standard_normal((3, DIM)).astype(np.float32)
+    n = 24
+    labels = np.zeros((n, 3), np.uint8)
+    tokens = 0.3 * rng.standard_normal((n, GRID[0], GRID[1], DIM)).astype(np.float32)
+    for i in range(n):
+        for c in {i % 3, (i // 3) % 3}:
+            labels[i, c] = 1
+            tokens[i, rng.integers(GRID[0]), c] += 2 * directions[c]
+    splits = ["train"] * 16 + ["valid"] * 4 + ["test"] * 4
+    return write_store(path, {0: tokens.reshape(n, -1, DIM)}, labels, ["a", "b", "c"],
+                       [f"s{i:02d}" for i in range(n)], splits, GRID)
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    store = _synthetic_store(root / "syn.zarr")
+    config = {"grid": {"lr": [1e-2, 3e-2], "weight_decay": [1e-4]}, "train": {"epochs": 4, "batch_size": 8}}
+    run_probe(store.path, ["linear", "protobin"], root / "runs" / "syn", config=config)
+    return root / "runs" / "syn"
+
+
+def _inlined_images(html: str) -> list[str]:
+    return re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+
+
+def test_report_of_a_run_writes_every_figure_and_one_self_contained_page(synthetic_run, tmp_path):
+    result = build_report(synthetic_run, tmp_path / "out", n_clips=2)
+    names = sorted(p.name for p in result.images)
+    assert names == ["curves.png", "per_class_ap.png", "prototypes_s20.png", "prototypes_s21.png", "sweep_grid.png"]
+    html = result.html.read_text()
+    images = _inlined_images(html)
+    assert len(images) == len(result.images)
+    for encoded in images:
+        assert base64.b64decode(encoded)[:8] == b"\x89PNG\r\n\x1a\n"
+    # Self-contained: nothing is fetched from anywhere.
+    assert not re.search(r'(src|href)="(?!data:)', html)
+    assert "<script" not in html
+    # The synthetic store has no audio: the background falls back to the token grid and the page says why.
+    assert "token energy" in html
+    table = result.table.read_text()
+    assert table.splitlines()[0] == "| encoder | head | syn (mAP) |"
+    assert "| synthetic | linear |" not in table and "| arrays | protobin |" in table  # write_store's provenance
+
+
+def test_report_names_clips_and_heads_and_refuses_unknown_ones(synthetic_run, tmp_path):
+    result = build_report(synthetic_run, tmp_path / "out", clips=["s03"], heads=["protobin", "linear"])
+    assert [p.name for p in result.images if p.name.startswith("prototypes")] == ["prototypes_s03.png"]
+    with pytest.raises(ConfigError, match="no clip"):
+        build_report(synthetic_run, tmp_path / "x", clips=["nope"])
+    with pytest.raises(ConfigError, match="no per-class AP for head"):
+        build_report(synthetic_run, tmp_path / "y", heads=["attentive"])
+
+
+def test_report_from_the_ledger_finds_the_runs(synthetic_run, tmp_path):
+    sources = find_sources(synthetic_run.parent / "ledger.csv")
+    assert sources.run_dirs == [synthetic_run.resolve()] and sources.trials is None
+    assert find_sources(synthetic_run.parent).ledger == (synthetic_run.parent / "ledger.csv").resolve()
+    result = build_report(synthetic_run.parent / "ledger.csv", tmp_path / "out", n_clips=1)
+    assert (tmp_path / "out" / "per_class_ap.png").is_file() and result.table is not None
+
+
+def test_find_sources_refuses_what_it_cannot_read(tmp_path):
+    with pytest.raises(ConfigError, match="no metrics.json"):
+        find_sources(tmp_path)
+    other = _write_csv(tmp_path / "other.csv", [{"a": 1}])
+    with pytest.raises(ConfigError, match="neither a results ledger"):
+        find_sources(other)
+
+
+def test_report_of_a_sweep_marks_pruned_trials(tmp_path):
+    from embedcache.sweep import run_sweep
+
+    store = _synthetic_store(tmp_path / "syn.zarr")
+    config = {"heads": ["protobin"], "train": {"epochs": 3, "batch_size": 8}}
+    sweep = {"trials": 4, "startup_trials": 2, "batch_trials": 4, "min_epochs": 1, "reduction_factor": 2,
+             "lr": [1e-4, 1e-1], "weight_decay": [1e-5, 1e-3], "top_k": 1, "final_seeds": 1}
+    run_sweep(store.path, "protobin", tmp_path / "sweep", config=config, sweep=sweep, log=lambda line: None)
+    result = build_report(tmp_path / "sweep", tmp_path / "out", n_clips=1)
+    assert "sweep_trials.png" in [p.name for p in result.images]
+    trials = sweep_trials(tmp_path / "sweep" / "trials.csv")
+    assert trials.head == ["protobin (Optuna trials)"] * 4
+    assert len(trials.state) == 4 and set(trials.state) <= {"complete", "pruned", "fail"}
+    html = result.html.read_text()
+    assert f"{trials.state.count('complete')} complete" in html
+
+
+def test_report_draws_the_spectrogram_from_the_manifest_audio(tiny_manifest, tmp_path):
+    store = tmp_path / "tiny.zarr"
+    extract(ExtractConfig(encoder="melpatch", manifest=str(tiny_manifest), out=str(store), progress=False,
+                          workers=0))
+    config = {"splits": {"train": "train", "valid": "valid", "test": "test"}, "grid": {"lr": [1e-2]},
+              "train": {"epochs": 2, "batch_size": 4}}
+    run_probe(store, ["protobin"], tmp_path / "runs" / "tiny", config=config)
+    result = build_report(tmp_path / "runs" / "tiny", tmp_path / "out", n_clips=1, top_classes=2)
+    html = result.html.read_text()
+    assert "(spectrogram; log-mel of clip" in html
+    # Moving the audio away falls back to the token grid and says why.
+    shutil.move(tiny_manifest.parent / "audio", tmp_path / "moved")
+    html = build_report(tmp_path / "runs" / "tiny", tmp_path / "out2", n_clips=1).html.read_text()
+    assert "(token energy; token-grid energy: " in html and "missing file" in html
+
+
+def test_cli_report_prints_the_page_and_one_red_line_on_errors(synthetic_run, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["report", str(synthetic_run), "--out", str(tmp_path / "out"), "--n-clips", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"report: {tmp_path / 'out' / 'report.html'}" in result.output
+    result = runner.invoke(cli, ["report", str(synthetic_run), "--out", str(tmp_path / "o"), "--clips", "zz"])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
+
+
+# -- a real browser --------------------------------------------------------------------------------------------
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Appended to a copy of the page: after load, report how many images decoded (naturalWidth > 0).
+CHECK_SCRIPT = """<script>window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const ok = images.filter((i) => i.complete && i.naturalWidth > 0).length;
+  const out = document.createElement("pre"); out.id = "image-check";
+  out.textContent = "images=" + images.length + " decoded=" + ok; document.body.appendChild(out);
+});</script>"""
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
+
+
+def _run_chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_report_renders_in_headless_chromium(synthetic_run, tmp_path):
+    from matplotlib.image import imread
+
+    binary = _chromium()
+    result = build_report(synthetic_run, tmp_path / "out", n_clips=1)
+    checked = tmp_path / "checked.html"
+    checked.write_text(result.html.read_text().replace("</body>", CHECK_SCRIPT + "</body>"))
+    dom = _run_chromium(binary, tmp_path / "profile1", "--virtual-time-budget=10000", "--dump-dom",
+                        checked.as_uri())
+    match = re.search(r"images=(\d+) decoded=(\d+)", dom.stdout)
+    assert match, f"no image check in the DOM; chromium said: {dom.stderr[-2000:]}"
+    assert int(match.group(1)) == len(result.images) == int(match.group(2))
+
+    screenshot = tmp_path / "report.png"
+    _run_chromium(binary, tmp_path / "profile2", f"--screenshot={screenshot}", "--window-size=1280,2400",
+                  "--hide-scrollbars", result.html.as_uri())
+    pixels = imread(screenshot)[..., :3]
+    assert pixels.shape[:2] == (2400, 1280)
+    # Non-blank: the figures put many distinct colours on the page, well beyond white text on a white page.
+    assert pixels.std() > 0.05
+    assert len(np.unique((pixels.reshape(-1, 3) * 255).astype(np.uint8), axis=0)) > 200
