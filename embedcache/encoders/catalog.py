@@ -113,6 +113,7 @@ FAMILIES: dict[str, Family] = {
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
     """Inside: every new nn.Parameter lives on the meta device (shape only, init is a no-op); buffers stay real."""
+    # Patches nn.Module.register_parameter while active: fine for a CLI listing, not for concurrent model building.
     original = nn.Module.register_parameter
 
     def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
@@ -171,8 +172,11 @@ def describe_encoder(encoder: Encoder, seconds: float = 10.0) -> dict:
 def describe(name: str, seconds: float = 10.0) -> dict:
     """Catalog row for `name` at its released size; registered user encoders are tried with random_init=True."""
     family = FAMILIES.get(name)
-    row = {"name": name, "model": family.model if family else "user-registered", "weights": family.weights if family
-           else "see its factory"}
+    row = {
+        "name": name,
+        "model": family.model if family else "user-registered",
+        "weights": family.weights if family else "see its factory",
+    }
     build = family.build if family else _registry(name, True)
     try:
         with parameters_on_meta():
