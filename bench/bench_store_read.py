@@ -80,12 +80,12 @@ def measure(store: TokenStore, raw_path: Path, repeats: int, seed: int = 0) -> d
         "disk_bytes": disk,
         "disk_vs_raw": ratio(disk, nbytes),
         "full_scan": {
-            "store_s": round(full_store, 4), "numpy_fromfile_s": round(full_raw, 4),
+            "store_s": round(full_store, 6), "numpy_fromfile_s": round(full_raw, 6),
             "store_gb_s": round(nbytes / full_store / 1e9, 3), "numpy_gb_s": round(nbytes / full_raw / 1e9, 3),
             "ratio_store_vs_numpy": ratio(full_store, full_raw),
         },
         "chunk_shuffled": {
-            "store_s": round(shuffled_store, 4), "numpy_fromfile_s": round(shuffled_raw, 4),
+            "store_s": round(shuffled_store, 6), "numpy_fromfile_s": round(shuffled_raw, 6),
             "store_gb_s": round(nbytes / shuffled_store / 1e9, 3),
             "numpy_gb_s": round(nbytes / shuffled_raw / 1e9, 3),
             "ratio_store_vs_numpy": ratio(shuffled_store, shuffled_raw),

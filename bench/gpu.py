@@ -46,10 +46,10 @@ FULL = {
 }
 TINY = {
     "vit": {"embed_dim": 64, "depth": 2, "num_heads": 4, "n_mels": 128, "clip_seconds": 2.0},
-    "forward_batch": 4, "forward_batches": 2, "extract_clips": 8, "extract_batch": 4, "workers": 1,
-    "store": SyntheticSpec(n_clips=240, grid=(8, 4), embed_dim=32, num_prefix=1, n_classes=12,
+    "forward_batch": 2, "forward_batches": 2, "extract_clips": 4, "extract_batch": 2, "workers": 1,
+    "store": SyntheticSpec(n_clips=96, grid=(8, 4), embed_dim=32, num_prefix=1, n_classes=12,
                            split_fractions=(1.0, 0.0, 0.0)),
-    "prototypes_per_class": 2, "epochs": 2, "batch_size": 32, "bank_epochs": 2, "bank_k": 4,
+    "prototypes_per_class": 2, "epochs": 2, "batch_size": 32, "bank_epochs": 2, "bank_k": 3,
 }
 
 
