@@ -194,6 +194,7 @@ def test_report_of_a_run_writes_every_figure_and_one_self_contained_page(synthet
     result = build_report(synthetic_run, tmp_path / "out", n_clips=2)
     names = sorted(p.name for p in result.images)
     assert names == ["curves.png", "per_class_ap.png", "prototypes_s20.png", "prototypes_s21.png", "sweep_grid.png"]
+    assert "Heads protobin, linear on split test" in result.html.read_text()  # prototype head vs pooled head
     html = result.html.read_text()
     images = _inlined_images(html)
     assert len(images) == len(result.images)
@@ -207,6 +208,24 @@ def test_report_of_a_run_writes_every_figure_and_one_self_contained_page(synthet
     table = result.table.read_text()
     assert table.splitlines()[0] == "| encoder | head | syn (mAP) |"
     assert "| synthetic | linear |" not in table and "| arrays | protobin |" in table  # write_store's provenance
+
+
+def test_per_class_figure_switches_to_points_for_many_classes(tmp_path):
+    from matplotlib.image import imread
+
+    from embedcache.report import figures
+    from embedcache.report.tables import PerClassAP
+
+    rng = np.random.default_rng(0)
+    labels = [f"class{i}" for i in range(300)]
+    series = [PerClassAP(name, "run", "test", labels, rng.random(300)) for name in ("protobin", "linear")]
+    series[1].ap[5] = np.nan  # a class without positives
+    figure = figures.per_class_figure(series)
+    axis = figure.axes[0]
+    assert len(axis.lines) == 2 and not axis.patches  # points, no bars
+    ranked = axis.lines[0].get_ydata()
+    assert np.all(np.diff(ranked) <= 0)  # sorted by the first head, best first
+    assert imread(figures.save(figure, tmp_path / "pc.png")).shape[1] > 500
 
 
 def test_report_names_clips_and_heads_and_refuses_unknown_ones(synthetic_run, tmp_path):

@@ -176,7 +176,19 @@ def _per_class_series(run_dirs: list[Path], heads: list[str] | None) -> list:
         if missing:
             raise ConfigError(f"no per-class AP for head(s) {missing}; the runs have {sorted(available)}")
         return [available[h] for h in heads]
+    # The paper's comparison: a prototype head against a pooled one, when the runs have both.
+    kinds = {run_kind for run in run_dirs for run_kind in _head_kinds(run).items()}
+    prototype = [name for name, kind in kinds if kind in PROTOTYPE_KINDS and name in available]
+    pooled = [name for name, kind in kinds if kind not in PROTOTYPE_KINDS and name in available]
+    if prototype and pooled:
+        order = list(available)
+        return [available[min(prototype, key=order.index)], available[min(pooled, key=order.index)]]
     return list(available.values())[:2]
+
+
+def _head_kinds(run_dir: Path) -> dict[str, str]:
+    """Head name -> kind of a run, from its config.yaml."""
+    return {entry["name"]: entry["kind"] for entry in _run_config(run_dir).get("heads", [])}
 
 
 def build_report(
@@ -190,7 +202,8 @@ def build_report(
 ) -> ReportResult:
     """Write PNGs, head_table.md and one self-contained report.html for a run, sweep or ledger into out_dir.
 
-    heads: the two (or more) heads whose per-class AP is compared (default: the first two found);
+    heads: the heads whose per-class AP is compared (default: the first prototype head and the first pooled one,
+    else the first two found);
     prototype_head: the head whose prototypes are drawn (default: the first proto/protofloat/protobin head).
     """
     sources = find_sources(source)

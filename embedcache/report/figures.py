@@ -140,11 +140,11 @@ def sweep_figure(trials: SweepTrials) -> Figure:
 
 def curve_figure(rows: Sequence[dict], metric: str) -> Figure:
     """Validation metric per epoch of every head configuration in a run's curves.csv (log-scaled loss beside it)."""
-    figure = Figure(figsize=(11, 3.8), layout="constrained")
+    figure = Figure(figsize=(13, 3.8), layout="constrained")
     loss_axis, metric_axis = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        groups.setdefault(f"{row['head']} (seed {row.get('bank_seed', '')})", []).append(row)
+        groups.setdefault(row["head"], []).append(row)  # the head label already names lr, wd and seed
     for label, members in groups.items():
         epochs = [int(m["epoch"]) for m in members]
         losses = [float(m["train_loss"]) for m in members]
@@ -160,6 +160,6 @@ def curve_figure(rows: Sequence[dict], metric: str) -> Figure:
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
     if len(groups) <= 12:
-        metric_axis.legend(fontsize=6)
+        metric_axis.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return figure
 
