@@ -21,6 +21,11 @@ from zarr.storage import FsspecStore, LocalStore, ZipStore
 from embedcache.errors import StoreError
 
 READ_MODES = ("r",)
+# s3fs defaults that break sharing a store between processes: its listings cache makes objects written by another
+# process invisible (and with max_concurrency > 1 every GET first asks that cache for the object's size). Chunk
+# objects are a few MB and zarr already fetches many at once, so one plain GET per object is the right request.
+STORAGE_OPTIONS = {"s3": {"use_listings_cache": False, "max_concurrency": 1}}
+STORAGE_OPTIONS["s3a"] = STORAGE_OPTIONS["s3"]
 
 
 class MissingStoreError(StoreError):
@@ -65,7 +70,8 @@ def open_store(url: str | Path, mode: str = "r") -> Store:
             ) from None
     if is_remote(text):
         try:
-            return FsspecStore.from_url(text, read_only=read_only)
+            options = STORAGE_OPTIONS.get(text.split("://", 1)[0].lower())
+            return FsspecStore.from_url(text, storage_options=options, read_only=read_only)
         except ImportError as error:
             raise StoreError(
                 f"{text}: reading this URL needs a storage library that is not installed ({error}); "
