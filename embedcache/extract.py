@@ -298,7 +298,8 @@ def extract(config: ExtractConfig) -> ExtractReport:
             )
     distributed.barrier()  # under torchrun: every rank opens the store only after rank 0 made it
     if group is None:
-        group = open_for_resume(out, fingerprint, fingerprint_fields) or _wait_for_store(out, config.wait_for_store_s)
+        # Wait for shard 0's attributes (written last, after every array): a half-created store is not an error.
+        group = _wait_for_store(out, config.wait_for_store_s)
         open_for_resume(out, fingerprint, fingerprint_fields)
 
     if config.progress:
