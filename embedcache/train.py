@@ -62,7 +62,8 @@ class TrainConfig:
     # None: half of the available RAM (CPU) or of the free GPU memory (CUDA).
     memory_budget_bytes: int | None = None
     # Streaming shuffles clips within windows of this many chunks (the shuffle buffer); in memory the whole split
-    # is shuffled at once, unless window_in_memory asks for the streaming order there too (same results either way).
+    # is shuffled at once, unless window_in_memory asks for the streaming order there too: then a split trains to
+    # the same weights whether it fits memory or not.
     shuffle_window_chunks: int | None = 8
     window_in_memory: bool = False
     prefetch_windows: int = 2

@@ -221,8 +221,10 @@ def test_ledger_with_foreign_columns_is_refused(tmp_path):
 def test_default_yaml_spells_out_the_code_defaults_and_paper_yaml_the_protocol():
     default = load_config(REPO_ROOT / "configs" / "probes" / "default.yaml")
     assert resolve_config(default) == resolve_config(None)
-    assert set(default) == set(DEFAULT_CONFIG)
-    paper = resolve_config(load_config(REPO_ROOT / "configs" / "probes" / "paper.yaml"))
+    assert set(default) == set(DEFAULT_CONFIG) and set(default["train"]) == set(DEFAULT_CONFIG["train"])
+    paper_file = load_config(REPO_ROOT / "configs" / "probes" / "paper.yaml")
+    assert set(paper_file["train"]) == set(DEFAULT_CONFIG["train"])
+    paper = resolve_config(paper_file)
     assert (paper["train"]["epochs"], paper["train"]["batch_size"], paper["seeds"]) == (30, 128, 5)
     assert [h["kind"] for h in paper["heads"]] == ["linear", "attentive", "protobin"]
     assert min(paper["grid"]["lr"]) == 1e-4 and max(paper["grid"]["lr"]) == 8e-2
