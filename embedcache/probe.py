@@ -47,7 +47,7 @@ DEFAULT_CONFIG: dict = {
     "split_stores": {},
     "subset": None,
     "heads": ["linear", "attentive", "protobin"],
-    "grid": {"lr": [1e-3, 3e-3, 1e-2], "weight_decay": [1e-4]},
+    "grid": {"lr": [3e-3, 1e-2, 3e-2], "weight_decay": [1e-4]},
     "seeds": 1,
     "seed": 0,
     "train": TrainConfig(epochs=30, batch_size=32).to_dict(),

@@ -271,3 +271,13 @@ def test_cli_probe_and_results(tmp_path, store):
     assert failed.exit_code == 1 and "error: --lr 'fast'" in failed.output
     missing = runner.invoke(main, ["results", str(tmp_path / "nope.csv")])
     assert missing.exit_code == 1 and "no results ledger" in missing.output
+
+
+def test_without_a_validation_split_only_single_configurations_run(tmp_path, store):
+    config = {**FAST, "splits": {"valid": None}}
+    with pytest.raises(ConfigError, match="splits.valid is null"):
+        run_probe(store.path, ["linear"], tmp_path / "grid", config=config)
+    single = {**config, "grid": {"lr": [1e-2], "weight_decay": [1e-4]}}
+    report = run_probe(store.path, ["linear"], tmp_path / "one", config=single)
+    assert report.results[0].valid == {} and 0.0 <= report.results[0].test["map"] <= 1.0
+    assert set(report.data_paths) == {"train", "test"}
