@@ -361,6 +361,7 @@ def _fingerprint(resolved: dict, head: dict, space: dict, sweep: SweepConfig, st
         "store": {"n_clips": store.n_clips, "num_tokens": store.num_tokens, "embed_dim": store.embed_dim,
                   "labels": list(store.label_names)},
         "layer": resolved["layer"], "task": resolved["task"], "splits": resolved["splits"], "seed": resolved["seed"],
+        "subset": resolved.get("subset"),
         "head": {"kind": head["kind"], "options": head["options"]},
         "space": {name: [dist.low, dist.high] for name, dist in space.items()},
         "train": train, "trials": sweep.trials, "startup_trials": sweep.startup_trials,
