@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bench import bench_cache_vs_encoder, bench_store_read
 from bench.bench_probe import bare_tensor_seconds, epoch_seconds
@@ -66,8 +67,11 @@ def main() -> None:
     parser.add_argument("--audio-sizes", default="40,80,160", help="clips for cache vs no cache ('' skips it)")
     parser.add_argument("--audio-epochs", type=int, default=10)
     parser.add_argument("--encoder", default="vit")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a busy shared machine)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     grid = tuple(int(part) for part in args.grid.split(","))
     summary: dict = {"benchmark": "scaling", "machine": machine(), "grid": list(grid), "embed_dim": args.dim,
                      "sizes": [], "cache_vs_encoder": []}
