@@ -99,9 +99,12 @@ def info_command(store: str, as_json: bool) -> None:
 @click.command("quickstart")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where the store and probe runs go.")
 @click.option("--encoder", help="Encoder to use instead of the default.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="Checkpoint for --encoder.")
 @click.option("--seeds", default=1, show_default=True, help="Seeds per probe (mean +- std).")
 @click.option("--no-probes", is_flag=True, help="Only build and extract the sample set.")
-def quickstart_command(out_dir: str | None, encoder: str | None, seeds: int, no_probes: bool) -> None:
+def quickstart_command(
+    out_dir: str | None, encoder: str | None, checkpoint: str | None, seeds: int, no_probes: bool
+) -> None:
     """Build the bundled sample set, extract it with the default encoder, train linear/attentive/protobin."""
     from pathlib import Path
 
@@ -111,6 +114,7 @@ def quickstart_command(out_dir: str | None, encoder: str | None, seeds: int, no_
 
     result = run_quickstart(
         out_dir=Path(out_dir) if out_dir else REPO_ROOT / "runs" / "quickstart", encoder=encoder,
+        checkpoint=checkpoint,
         probes=() if no_probes else ("linear", "attentive", "protobin"), seeds=seeds, log=click.echo,
     )
     click.echo(format_summary(summarize(TokenStore.open(result.store))))

@@ -351,6 +351,10 @@ def _run(
     started = time.perf_counter()
     chunks_written = 0
     if batches:
+        if device.type == "cuda" and config.autocast == "none":
+            # cuDNN convolutions (patch embeddings) default to TF32; "no autocast" promises fp32 tokens.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         encoder.to(device)
         dataset = _ClipDataset([c.path for c in manifest.clips], encoder.sample_rate, _num_samples(group))
         loader = torch.utils.data.DataLoader(
