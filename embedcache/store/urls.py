@@ -79,6 +79,8 @@ def open_store(url: str | Path, mode: str = "r") -> Store:
             ) from None
         except ValueError as error:  # fsspec: unknown protocol
             raise StoreError(f"{text}: {error}") from None
+    if read_only and not local_path(text).is_dir():
+        raise MissingStoreError(f"{text}: no token store there")
     return LocalStore(local_path(text), read_only=read_only)
 
 
@@ -100,7 +102,10 @@ def store_exists(url: str | Path) -> bool:
     """Whether a Zarr group's root zarr.json is at `url`."""
     if is_zip(url):
         return local_path(url).is_file()
-    return has_key(open_store(url, "r"), "zarr.json")
+    try:
+        return has_key(open_store(url, "r"), "zarr.json")
+    except MissingStoreError:
+        return False
 
 
 def remove_store(url: str | Path) -> None:
