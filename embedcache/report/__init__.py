@@ -138,7 +138,7 @@ def prototype_section(run_dir: Path, out_dir: Path, clips: list[str] | None, cou
         return section, []
     name, weights = found
     config = _run_config(run_dir)
-    store = TokenStore.open(config["store"])
+    store = TokenStore.open(config["store"], subset=config.get("subset"))  # the run's view: same label columns
     probe_head = load_head(weights)
     layer = config.get("layer")
     multilabel = config.get("task", "multilabel") == "multilabel"
