@@ -47,6 +47,7 @@ class TokenStore:
         self._attrs = store_attrs(group)
         self.spec = StoreSpec.from_attrs(self._attrs["layout"])
         self._present: dict[str, set[str]] = {}
+        self._arrays: dict[str, zarr.Array] = {}
         self.subset = Subset.from_value(subset)
         self._rows, self._columns = (None, None)
         if not self.subset.is_everything:
@@ -92,9 +93,15 @@ class TokenStore:
             self._present[path] = set(urls.list_keys(self._group.store, f"{path}/"))
         return self._present[path]
 
+    def _array(self, path: str) -> zarr.Array:
+        # Opened once: on object storage every open is a request for the array's metadata.
+        if path not in self._arrays:
+            self._arrays[path] = self._group[path]
+        return self._arrays[path]
+
     def _read_rows(self, path: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of the array at `path`, refusing missing or corrupt chunks by key."""
-        array = self._group[path]
+        array = self._array(path)
         keys = chunk_keys(array, path, start, stop)
         missing = [key for key in keys if key not in self._present_keys(path)]
         if missing:
@@ -121,7 +128,7 @@ class TokenStore:
         return None
 
     def _read_all(self, path: str) -> np.ndarray:
-        return self._read_rows(path, 0, self._group[path].shape[0])
+        return self._read_rows(path, 0, self._array(path).shape[0])
 
     # -- metadata ------------------------------------------------------------------------------------------
     @property
