@@ -399,3 +399,22 @@ def test_protobin_learns_localized_events_that_mean_pooling_cannot():
     # measured: protobin 0.95, linear (mean pooling) 0.68 on held-out clips
     assert scores["protobin"] > 0.9
     assert scores["protobin"] > scores["linear"] + 0.15
+
+
+def test_attentive_token_space_pooling_equals_projecting_every_token():
+    """The head folds W_k into the queries and W_v after pooling; check it against the textbook K/V projection."""
+    head = heads.create(
+        "attentive", num_classes=5, embed_dim=96, num_queries=2, generator=torch.Generator().manual_seed(0)
+    )
+    tokens = torch.randn(4, 50, 96, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(4, 50, dtype=torch.bool)
+    mask[1, 30:] = False
+    batch = heads.TokenBatch(tokens, mask)
+    size, length, dim = tokens.shape
+    heads_, head_dim = head.num_heads, dim // head.num_heads
+    keys = head.key(batch.clean).view(size, length, heads_, head_dim).transpose(1, 2)
+    values = head.value(batch.clean).view(size, length, heads_, head_dim).transpose(1, 2)
+    queries = head.queries.view(1, 2, heads_, head_dim).transpose(1, 2).expand(size, -1, -1, -1)
+    attended = torch.nn.functional.scaled_dot_product_attention(queries, keys, values, attn_mask=mask[:, None, None])
+    expected = head.fc(attended.transpose(1, 2).reshape(size, 2, dim).mean(dim=1))
+    assert torch.allclose(head(batch), expected, atol=1e-6)
