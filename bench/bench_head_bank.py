@@ -28,9 +28,9 @@ def _config(epochs: int, batch_size: int, device: str) -> TrainConfig:
     return TrainConfig(epochs=epochs, batch_size=batch_size, device=device, warmup_epochs=0.0, data_path="in-memory")
 
 
-def bank_specs(kind: str, k: int) -> list[HeadSpec]:
+def bank_specs(kind: str, k: int, options: dict | None = None) -> list[HeadSpec]:
     """K heads of one kind, learning rates spread log-uniformly over 1e-4 .. 1e-1 (a sweep's shape)."""
-    return [HeadSpec(kind, lr=float(lr)) for lr in np.geomspace(1e-4, 1e-1, k)]
+    return [HeadSpec(kind, lr=float(lr), options=dict(options or {})) for lr in np.geomspace(1e-4, 1e-1, k)]
 
 
 def bank_benchmark(store: TokenStore, kind: str, sizes: list[int], epochs: int, batch_size: int, device: str,

@@ -17,10 +17,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench import bench_cache_vs_encoder, bench_store_read
+from bench.bench_head_bank import bank_specs
 from bench.bench_probe import bare_tensor_seconds, epoch_seconds
 from bench.results import emit, machine, ratio, timed
 from bench.synthetic import SyntheticSpec, write_synthetic_store
@@ -47,8 +47,7 @@ def bank_row(store: TokenStore, k: int, epochs: int, batch_size: int) -> dict:
     config = TrainConfig(epochs=epochs, batch_size=batch_size, device="cpu", warmup_epochs=0.0)
     load_s, memory = timed(SplitData, store, "train", in_memory=True)
     one = epoch_seconds(HeadBank([HeadSpec("linear", 1e-3)], config).fit(memory))
-    specs = [HeadSpec("linear", float(lr)) for lr in np.geomspace(1e-4, 1e-1, k)]
-    bank = epoch_seconds(HeadBank(specs, config).fit(memory))
+    bank = epoch_seconds(HeadBank(bank_specs("linear", k), config).fit(memory))
     separate = k * (load_s + epochs * one)
     together = load_s + epochs * bank
     return {"head": "linear", "k": k, "one_head_epoch_s": round(one, 4), "bank_epoch_s": round(bank, 4),

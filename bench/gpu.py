@@ -30,6 +30,8 @@ import numpy as np
 import soundfile
 import torch
 
+from bench.bench_head_bank import bank_specs
+from bench.bench_probe import epoch_seconds
 from bench.results import emit, machine, ratio, timed
 from bench.synthetic import SyntheticSpec, write_synthetic_store
 from embedcache import encoders
@@ -114,12 +116,6 @@ def extract_clips_per_s(sizes: dict, device: torch.device, workdir: Path) -> dic
     return result
 
 
-def epoch_seconds(bank: HeadBank) -> float:
-    """Fastest training epoch after the first (which pays for kernel selection)."""
-    times = [row["train_seconds"] for row in bank.curves_ if row["head"] == bank.specs[0].label]
-    return min(times[1:] or times)
-
-
 def protobin_30(store: TokenStore, sizes: dict, device: torch.device) -> tuple[dict, SplitData]:
     """Load the train split into GPU memory and train one protobin head for the paper's 30 epochs."""
     load_s, train = timed(SplitData, store, "train", in_memory=True, device=device)
@@ -144,9 +140,7 @@ def head_bank(train: SplitData, sizes: dict, device: torch.device) -> dict:
     result = {"k": sizes["bank_k"], "epochs": sizes["bank_epochs"]}
     for kind in ("linear", "protobin"):
         one = epoch_seconds(HeadBank([HeadSpec(kind, 1e-3, options=options[kind])], config).fit(train))
-        specs = [HeadSpec(kind, float(lr), options=options[kind])
-                 for lr in np.geomspace(1e-4, 1e-1, sizes["bank_k"])]
-        bank = epoch_seconds(HeadBank(specs, config).fit(train))
+        bank = epoch_seconds(HeadBank(bank_specs(kind, sizes["bank_k"], options[kind]), config).fit(train))
         result[kind] = {"one_head_epoch_s": round(one, 4), "bank_epoch_s": round(bank, 4),
                         "ratio_bank_vs_one": ratio(bank, one)}
     return result

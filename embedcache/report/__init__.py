@@ -99,12 +99,12 @@ def _prototype_weights(run_dir: Path, head: str | None) -> tuple[str, Path] | No
     config = _run_config(run_dir)
     for entry in config.get("heads", []):
         if (head is None and entry["kind"] in PROTOTYPE_KINDS) or entry["name"] == head:
-            files = sorted((run_dir / "weights").glob(f"{entry['name']}_seed*.safetensors"),
-                           key=lambda p: int(re.search(r"_seed(\d+)\.safetensors$", p.name).group(1))
-                           if re.search(r"_seed(\d+)\.safetensors$", p.name) else 1 << 30)
-            files = [f for f in files if not f.name.endswith(".prototypes_packed.safetensors")]
-            if files:
-                return entry["name"], files[0]
+            # weights/<name>_seed<s>.safetensors; the packed-prototype files beside them do not match the pattern.
+            pattern = re.compile(rf"{re.escape(entry['name'])}_seed(\d+)\.safetensors")
+            seeds = {int(m.group(1)): f for f in (run_dir / "weights").glob("*.safetensors")
+                     if (m := pattern.fullmatch(f.name))}
+            if seeds:
+                return entry["name"], seeds[min(seeds)]
     return None
 
 
