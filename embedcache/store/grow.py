@@ -18,10 +18,9 @@ from embedcache.errors import StoreError
 from embedcache.store import layout, urls
 from embedcache.store.reader import TokenStore
 from embedcache.store.writer import (
-    ARRAY_CONFIG,
     StoreSpec,
-    _codecs,
     chunk_markers,
+    create_layer_arrays,
     fingerprint_of,
     store_attrs,
     writable,
@@ -178,17 +177,9 @@ def _prepare(group: zarr.Group, spec: StoreSpec, base: StoreSpec, incoming: Toke
         writable(group, "num_samples")[new] = incoming.num_samples
         writable(group, "clip_ids")[new] = np.asarray(incoming.clip_ids, dtype=str)
         return
-    codecs = _codecs(spec.compression)
-    stored = layout.stored_numpy_dtype(spec.dtype)
     for layer in sorted(set(spec.layers) - set(base.layers)):
-        paths = [(layout.tokens_path(layer), spec.num_tokens)]
-        if spec.num_prefix:
-            paths.append((layout.prefix_path(layer), spec.num_prefix))
-        for path, width in paths:
-            if path not in group:
-                group.create_array(path, shape=(spec.n_clips, width, spec.embed_dim),
-                                   chunks=(spec.chunk_clips, width, spec.embed_dim), dtype=stored,
-                                   compressors=codecs, fill_value=0, config=ARRAY_CONFIG)
+        if layout.tokens_path(layer) not in group:  # a resumed append made it already
+            create_layer_arrays(group, spec, layer)
     group["chunk_done"][:] = np.zeros(spec.n_chunks, np.uint8)
 
 
@@ -216,7 +207,7 @@ def _fill(group: zarr.Group, spec: StoreSpec, base: StoreSpec, incoming: TokenSt
 
 
 def _copy_rows(group: zarr.Group, incoming: TokenStore, path: str, start: int, stop: int, offset: int) -> None:
-    writable(group, path)[start:stop] = incoming._read_rows(path, start - offset, stop - offset)
+    writable(group, path)[start:stop] = incoming.read_rows(path, start - offset, stop - offset)
 
 
 def _merge_rows(group: zarr.Group, incoming: TokenStore, path: str, start: int, stop: int, base_n: int) -> None:
@@ -225,7 +216,7 @@ def _merge_rows(group: zarr.Group, incoming: TokenStore, path: str, start: int, 
         _copy_rows(group, incoming, path, start, stop, base_n)
         return
     own = group[path][start:base_n]
-    new = incoming._read_rows(path, 0, stop - base_n)
+    new = incoming.read_rows(path, 0, stop - base_n)
     writable(group, path)[start:stop] = np.concatenate([own, new])
 
 

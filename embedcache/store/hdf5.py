@@ -66,9 +66,9 @@ def export_hdf5(
                 dataset.attrs["encoding"] = "bfloat16 stored as its raw uint16 bits"
             for chunk in range(spec.n_chunks):
                 start, stop = spec.chunk_range(chunk)
-                dataset[start:stop] = store._read_rows(path, start, stop)  # checked: damage stops the export
+                dataset[start:stop] = store.read_rows(path, start, stop)  # checked: damage stops the export
         for name in PER_CLIP:
-            handle.create_dataset(name, data=store._read_all(name), compression=compression)
+            handle.create_dataset(name, data=store.read_rows(name), compression=compression)
         handle.create_dataset("clip_ids", data=np.asarray(store.clip_ids, dtype=object),
                               dtype=h5py.string_dtype("utf-8"))
     partial.replace(out)

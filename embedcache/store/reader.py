@@ -30,12 +30,12 @@ def chunk_keys(array: zarr.Array, path: str, start: int, stop: int) -> list[str]
     return [f"{path}/{array.metadata.encode_chunk_key(coords)}" for coords in itertools.product(first, *others)]
 
 
-def describe_read_error(key: str, error: BaseException) -> str:
-    """Why a chunk could not be used, in words."""
+def describe_read_error(error: BaseException) -> str:
+    """Why a chunk could not be used, in words ("damaged: ..." for a checksum mismatch)."""
     text = str(error)
     if "checksum" in text.lower():
-        return f"chunk {key} is damaged: its crc32c checksum does not match its bytes"
-    return f"chunk {key} could not be read or decoded ({type(error).__name__}: {text[:200]})"
+        return "damaged: its crc32c checksum does not match its bytes"
+    return f"could not be read or decoded ({type(error).__name__}: {text[:200]})"
 
 
 class TokenStore:
@@ -52,7 +52,7 @@ class TokenStore:
         self._rows, self._columns = (None, None)
         if not self.subset.is_everything:
             self._rows, self._columns = select(
-                self.subset, self.clip_ids, self._read_all("labels"), self.split_codes, self.spec.split_names,
+                self.subset, self.clip_ids, self.read_rows("labels"), self.split_codes, self.spec.split_names,
                 self.spec.label_names, path,
             )
 
@@ -99,9 +99,10 @@ class TokenStore:
             self._arrays[path] = self._group[path]
         return self._arrays[path]
 
-    def _read_rows(self, path: str, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of the array at `path`, refusing missing or corrupt chunks by key."""
+    def read_rows(self, path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows [start, stop) (default: all) of the array at `path` as stored, refusing missing or corrupt chunks."""
         array = self._array(path)
+        stop = array.shape[0] if stop is None else stop
         keys = chunk_keys(array, path, start, stop)
         missing = [key for key in keys if key not in self._present_keys(path)]
         if missing:
@@ -114,7 +115,7 @@ class TokenStore:
         except Exception as error:  # codec, checksum and I/O errors all name the chunk
             bad = self._first_bad_chunk(array, path, start, stop) or keys[0]
             raise StoreError(
-                f"{self.path}: {describe_read_error(bad, error)}; run `embedcache verify {self.path}`, "
+                f"{self.path}: chunk {bad} is {describe_read_error(error)}; run `embedcache verify {self.path}`, "
                 "then re-copy or re-extract the store"
             ) from error
 
@@ -126,9 +127,6 @@ class TokenStore:
             except Exception:
                 return chunk_keys(array, path, first, first + 1)[0]
         return None
-
-    def _read_all(self, path: str) -> np.ndarray:
-        return self._read_rows(path, 0, self._array(path).shape[0])
 
     # -- metadata ------------------------------------------------------------------------------------------
     @property
@@ -204,7 +202,7 @@ class TokenStore:
     @cached_property
     def labels(self) -> np.ndarray:
         """[N, C] uint8 multi-hot labels (C = the view's classes)."""
-        labels = self._read_all("labels")
+        labels = self.read_rows("labels")
         return labels if self._columns is None else labels[:, self._columns]
 
     @cached_property
@@ -221,19 +219,19 @@ class TokenStore:
 
     @cached_property
     def clip_ids(self) -> np.ndarray:
-        return np.array(self._read_all("clip_ids").tolist(), dtype=str)
+        return np.array(self.read_rows("clip_ids").tolist(), dtype=str)
 
     @cached_property
     def split_codes(self) -> np.ndarray:
-        return self._read_all("splits")
+        return self.read_rows("splits")
 
     @cached_property
     def valid_tokens(self) -> np.ndarray:
-        return self._read_all("valid_tokens")
+        return self.read_rows("valid_tokens")
 
     @cached_property
     def num_samples(self) -> np.ndarray:
-        return self._read_all("num_samples")
+        return self.read_rows("num_samples")
 
     def split_indices(self, name: str) -> np.ndarray:
         """Sorted clip indices of split `name` inside the view."""
@@ -272,14 +270,14 @@ class TokenStore:
 
     def read_tokens(self, layer: int | None, start: int, stop: int) -> torch.Tensor:
         """Tokens [stop - start, T, D] of a contiguous clip range, in the stored dtype."""
-        return layout.from_stored(self._read_rows(layout.tokens_path(self.resolve_layer(layer)), start, stop),
+        return layout.from_stored(self.read_rows(layout.tokens_path(self.resolve_layer(layer)), start, stop),
                                   self.dtype)
 
     def read_prefix(self, layer: int | None, start: int, stop: int) -> torch.Tensor | None:
         """Prefix tokens [stop - start, P, D], or None when the encoder has none."""
         if not self.num_prefix:
             return None
-        return layout.from_stored(self._read_rows(layout.prefix_path(self.resolve_layer(layer)), start, stop),
+        return layout.from_stored(self.read_rows(layout.prefix_path(self.resolve_layer(layer)), start, stop),
                                   self.dtype)
 
     def token_mask(self, start: int, stop: int) -> torch.Tensor:

@@ -223,7 +223,7 @@ def _decode_batch(report: VerifyReport, array: zarr.Array, path: str, starts: li
             data = array[start:stop]
         except Exception as error:
             key = chunk_keys(array, path, start, start + 1)[0]
-            report.add(key, describe_read_error(key, error).removeprefix(f"chunk {key} ").removeprefix("is "))
+            report.add(key, describe_read_error(error))
             report.chunks_checked += 1
             continue
         _check_chunk_values(report, array, path, start, data, values)

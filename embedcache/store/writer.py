@@ -107,30 +107,29 @@ def create_store(
         raise
 
 
+def create_layer_arrays(group: zarr.Group, spec: StoreSpec, layer: int) -> None:
+    """Create the (empty) token array of one layer, and its prefix array when the encoder has prefix tokens."""
+    paths = [(layout.tokens_path(layer), spec.num_tokens)]
+    if spec.num_prefix:
+        paths.append((layout.prefix_path(layer), spec.num_prefix))
+    for path, width in paths:
+        group.create_array(
+            path,
+            shape=(spec.n_clips, width, spec.embed_dim),
+            chunks=(spec.chunk_clips, width, spec.embed_dim),
+            dtype=layout.stored_numpy_dtype(spec.dtype),
+            compressors=_codecs(spec.compression),
+            fill_value=0,
+            config=ARRAY_CONFIG,
+        )
+
+
 def _create_store(path, spec, clip_ids, labels, split_codes, num_samples, provenance, fingerprint, skipped):
     group = urls.open_group(path, mode="w-")
     n = spec.n_clips
     codecs = _codecs(spec.compression)
     for layer in spec.layers:
-        group.create_array(
-            layout.tokens_path(layer),
-            shape=(n, spec.num_tokens, spec.embed_dim),
-            chunks=(spec.chunk_clips, spec.num_tokens, spec.embed_dim),
-            dtype=layout.stored_numpy_dtype(spec.dtype),
-            compressors=codecs,
-            fill_value=0,
-            config=ARRAY_CONFIG,
-        )
-        if spec.num_prefix:
-            group.create_array(
-                layout.prefix_path(layer),
-                shape=(n, spec.num_prefix, spec.embed_dim),
-                chunks=(spec.chunk_clips, spec.num_prefix, spec.embed_dim),
-                dtype=layout.stored_numpy_dtype(spec.dtype),
-                compressors=codecs,
-                fill_value=0,
-                config=ARRAY_CONFIG,
-            )
+        create_layer_arrays(group, spec, layer)
     small = {"chunks": (max(1, n),), "compressors": codecs, "config": ARRAY_CONFIG}
     group.create_array(
         "valid_tokens", shape=(n,), dtype="int32", chunks=(spec.chunk_clips,), compressors=codecs, config=ARRAY_CONFIG
