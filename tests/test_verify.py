@@ -209,3 +209,12 @@ def test_readers_open_read_only(tmp_path):
     packed = tmp_path / "s.zip"
     pack_store(store.path, packed)
     assert TokenStore.open(packed).read_only
+
+
+def test_streaming_probe_also_stops_on_a_damaged_chunk(tmp_path):
+    store = tmp_path / "s.zarr"
+    make_store(store)
+    flip_byte(store / "tokens/layer_3/c/1/0/0")
+    streaming = {**PROBE, "train": {**PROBE["train"], "data_path": "streaming"}}
+    with pytest.raises(StoreError, match=r"chunk tokens/layer_3/c/1/0/0 is damaged"):
+        run_probe(store, ["linear"], tmp_path / "run", config=streaming)
