@@ -294,3 +294,14 @@ def test_an_interrupted_append_resumes(tmp_path, monkeypatch):
     assert torch.equal(grown.read_tokens(3, 0, 18), torch.from_numpy(np.concatenate([a[3], b[3]])).half())
     np.testing.assert_array_equal(grown.clip_ids, whole.clip_ids)
     assert verify_store(grown.path).ok
+
+
+def test_cli_append_and_its_refusal(tmp_path):
+    make(tmp_path / "a.zarr", n=6)
+    make(tmp_path / "b.zarr", n=4, first=6)
+    runner = CliRunner()
+    result = runner.invoke(main, ["append", str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")])
+    assert result.exit_code == 0 and "appended 4 clips" in result.output
+    assert TokenStore.open(tmp_path / "a.zarr").n_clips == 10
+    again = runner.invoke(main, ["append", str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")])
+    assert again.exit_code == 1 and "4 clip id(s) are already in" in again.output
