@@ -10,16 +10,14 @@ Validation (a full decode of every file before anything is written) is reported 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
+from bench.results import emit, machine
 from embedcache import audio, encoders
 from embedcache.datasets import read_manifest
 from embedcache.datasets.sample import build_sample_set
@@ -110,18 +108,7 @@ def main() -> None:
                       vit_options if name == "vit" else {})
             for name in args.encoder or ["melpatch", "vit"]
         ]
-    summary = {
-        "benchmark": "extract_vs_forward_only",
-        "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(),
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "numpy": np.__version__,
-        "results": results,
-    }
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit({"benchmark": "extract_vs_forward_only", "machine": machine(), "results": results}, args.out)
 
 
 if __name__ == "__main__":
