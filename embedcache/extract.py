@@ -24,6 +24,7 @@ import embedcache
 from embedcache import audio, distributed, encoders
 from embedcache.checkpoints import sha256_file
 from embedcache.datasets import Manifest, find_bad_rows
+from embedcache.device import resolve_device
 from embedcache.errors import BadInputError, ConfigError, StoreError
 from embedcache.store import layout, urls
 from embedcache.store.writer import (
@@ -102,15 +103,6 @@ class _ClipDataset(torch.utils.data.Dataset):
 def _collate(items: list) -> tuple[list[int], torch.Tensor, list[int]]:
     indices, waves, n_real = zip(*items)
     return list(indices), torch.stack(waves), list(n_real)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
 
 
 def _autocast_context(device: torch.device, mode: str):

@@ -22,6 +22,7 @@ import torch
 
 from embedcache import heads as head_registry
 from embedcache import losses, metrics
+from embedcache.device import resolve_device
 from embedcache.errors import ConfigError, StoreError
 from embedcache.store import TokenStore, layout
 
@@ -97,19 +98,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"train.device {name!r}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device {name!r}: CUDA is not available here; use 'cpu' or 'auto'")
-    return device
 
 
 def available_memory_bytes(device: torch.device) -> int:
@@ -409,7 +397,7 @@ def open_splits(
     requests: Sequence[tuple[TokenStore, str]], layer: int | None, config: TrainConfig
 ) -> list[SplitData]:
     """Open splits in order, each in memory while the shared memory budget lasts, streamed after that."""
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, option="train.device")
     budget = config.memory_budget_bytes
     if budget is None:
         budget = available_memory_bytes(device) // 2
