@@ -124,18 +124,17 @@ def append_store(destination: str | Path, source: str | Path) -> AppendReport:
     spec = StoreSpec.from_attrs(store_attrs(group)["layout"])
     if not growing.get("prepared"):
         _prepare(group, spec, base_spec, incoming, mode)
-        growing = _set_growing(group, {**growing, "prepared": True})
+        _set_growing(group, {**growing, "prepared": True})
     written = _fill(group, spec, base_spec, incoming, mode)
     _finish(group, incoming, mode, base_spec, src)
     added = sorted(set(spec.layers) - set(base_spec.layers))
     return AppendReport(dst, mode, spec.n_clips - base_spec.n_clips, added, written, time.perf_counter() - started)
 
 
-def _set_growing(group: zarr.Group, growing: dict) -> dict:
+def _set_growing(group: zarr.Group, growing: dict) -> None:
     attrs = dict(group.attrs[layout.ATTRS_KEY])
     attrs["growing"] = growing
     group.attrs[layout.ATTRS_KEY] = attrs
-    return growing
 
 
 def _begin(group: zarr.Group, attrs: dict, base: StoreSpec, incoming: TokenStore, mode: str, src: str) -> dict:
