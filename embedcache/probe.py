@@ -215,7 +215,8 @@ def _check_train_positives(train: SplitData) -> None:
         )
 
 
-def _open_data(config: dict) -> dict[str, SplitData]:
+def open_data(config: dict) -> dict[str, SplitData]:
+    """Open and check every split a resolved config names: role (train/valid/test) -> SplitData."""
     train_store = TokenStore.open(config["store"], subset=config["subset"])
     stores = {"train": train_store}
     for role, path in config["split_stores"].items():
@@ -245,8 +246,8 @@ def _bank_specs(config: dict, seed: int) -> tuple[list[HeadSpec], list[str]]:
     return specs, names
 
 
-def _absolute(path: str | Path) -> str:
-    # Local paths are written absolute so config.yaml and the ledger work from any directory; URLs stay as given.
+def absolute_url(path: str | Path) -> str:
+    """Local paths made absolute (so config.yaml and the ledger work from any directory); URLs stay as given."""
     text = str(path)
     return text if "://" in text else str(Path(text).resolve())
 
@@ -266,7 +267,7 @@ def run_probe(
     An out_dir that already holds a run is refused unless overwrite=True (the ledger keeps every earlier row).
     """
     out_dir = Path(out_dir).resolve()
-    overrides = {"store": _absolute(store_path) if store_path is not None else None, "seeds": seeds}
+    overrides = {"store": absolute_url(store_path) if store_path is not None else None, "seeds": seeds}
     if head_kinds:
         overrides["heads"] = list(head_kinds)
     resolved = resolve_config(config, **overrides)
@@ -280,7 +281,7 @@ def run_probe(
         len(h["lr"]) * len(h["weight_decay"]) > 1 for h in resolved["heads"]
     ):
         raise ConfigError("splits.valid is null but the grid has several configurations: name a validation split")
-    data = _open_data(resolved)
+    data = open_data(resolved)
     train, valid, test = data["train"], data.get("valid"), data.get("test")
     resolved["layer"] = train.layer
     multilabel = train.store.is_multilabel if resolved["task"] is None else resolved["task"] == "multilabel"

@@ -33,9 +33,9 @@ from optuna.trial import FrozenTrial, TrialState
 from embedcache.errors import ConfigError
 from embedcache.probe import (
     ProbeReport,
-    _absolute,
-    _open_data,
+    absolute_url,
     format_comparison_table,
+    open_data,
     resolve_config,
     run_probe,
 )
@@ -463,7 +463,7 @@ def run_sweep(
     until no trial is running, unless final_now (a killed worker leaves its trials running in the study for good).
     """
     sweep = sweep if isinstance(sweep, SweepConfig) else SweepConfig.from_dict(sweep or {})
-    resolved = resolve_config(config, store=_absolute(store_path) if store_path is not None else None)
+    resolved = resolve_config(config, store=absolute_url(store_path) if store_path is not None else None)
     if resolved["store"] is None:
         raise ConfigError("no store given: pass STORE or set `store:` in the config")
     if resolved["splits"].get("valid") is None:
@@ -476,7 +476,7 @@ def run_sweep(
     storage = storage or f"sqlite:///{out_dir / 'study.db'}"
 
     # Trials need train and valid only; the test split is read by the final re-run.
-    data = _open_data({**resolved, "splits": {**resolved["splits"], "test": None}})
+    data = open_data({**resolved, "splits": {**resolved["splits"], "test": None}})
     store = data["train"].store
     resolved["layer"] = data["train"].layer
     multilabel = store.is_multilabel if resolved["task"] is None else resolved["task"] == "multilabel"

@@ -47,3 +47,14 @@ def write_tiny_dataset(root: Path, n_clips: int = 12, seconds: float = 1.0, samp
 def tiny_manifest(tmp_path) -> Path:
     """A 12-clip multi-label manifest of generated tones, one clip in four half as long as the rest."""
     return write_tiny_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors train faster on one thread, and a busy 2-core machine stops thrashing; restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -35,13 +35,7 @@ LABELS = ["dog", "bell", "siren"]
 FAST = {"train": {"epochs": 2, "batch_size": 8, "device": "cpu"}, "grid": {"lr": [1e-3, 1e-2], "weight_decay": [1e-4]}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors train faster on one thread; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_store(path, n=48, labels=None, label_names=LABELS, splits=None, dim=8, provenance=None, seed=0):

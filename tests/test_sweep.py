@@ -33,13 +33,7 @@ SMALL = {"trials": 8, "startup_trials": 4, "batch_trials": 4, "min_epochs": 1, "
          "top_k": 2, "final_seeds": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors train faster on one thread; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -47,13 +47,7 @@ def make_store(path, n=72, grid=(4, 4), dim=8, chunk_clips=8, dtype="float16", s
     )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors train faster on one thread, and a busy 2-core machine stops thrashing; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MIXED_BANK = [
