@@ -207,6 +207,26 @@ def _wait_for_store(path: str, seconds: float) -> zarr.Group:
     raise StoreError(f"{path}: shard 0 did not create the store within {seconds:.0f} s; start shard 0 first")
 
 
+def _shard_manifest(config: ExtractConfig) -> tuple[Manifest, list[tuple[str, str]]]:
+    """The clips of a store shard 0 created, without decoding every file again.
+
+    Shard 0 decodes every file to find the bad ones; the other shards take its verdict (the store's clip ids and
+    skipped rows) and only parse the manifest for the paths.
+    """
+    attrs = store_attrs(_wait_for_store(str(config.out), config.wait_for_store_s))
+    parsed, _ = find_bad_rows(config.manifest, config.labels, decode=False)
+    by_id = {clip.clip_id: clip for clip in parsed.clips}
+    stored_ids = zarr.open_group(store=urls.open_store(str(config.out), "r"), mode="r")["clip_ids"][:].tolist()
+    missing = [clip_id for clip_id in stored_ids if clip_id not in by_id]
+    if missing:
+        raise StoreError(
+            f"{config.out}: {len(missing)} clip(s) in the store are not in {config.manifest} (e.g. {missing[0]!r}); "
+            "every shard must be given the manifest shard 0 used"
+        )
+    manifest = Manifest([by_id[clip_id] for clip_id in stored_ids], parsed.label_names, parsed.source, parsed.sha256)
+    return manifest, [(item["clip_id"], item["reason"]) for item in attrs.get("skipped", [])]
+
+
 def extract(config: ExtractConfig) -> ExtractReport:
     """Run the extract stage; resumes an interrupted store made with the same settings."""
     if config.dtype not in layout.DTYPES:
@@ -228,7 +248,11 @@ def extract(config: ExtractConfig) -> ExtractReport:
         raise ConfigError(str(error)) from None
     workers = config.workers if config.workers is not None else min(4, max(1, (os.cpu_count() or 2) - 1))
 
-    manifest, bad = find_bad_rows(config.manifest, config.labels, workers=max(1, workers))
+    if config.shard[0] == 0:
+        manifest, bad = find_bad_rows(config.manifest, config.labels, workers=max(1, workers))
+    else:
+        distributed.barrier()  # pairs with rank 0's barrier once the store exists
+        manifest, bad = _shard_manifest(config)
     if bad and not config.skip_bad:
         raise BadInputError(
             f"{config.manifest}: {len(bad)} bad row(s); nothing was extracted. Fix them, or pass --skip-bad "
@@ -288,7 +312,7 @@ def extract(config: ExtractConfig) -> ExtractReport:
                 np.array([split_names.index(c.split) for c in manifest.clips], np.uint8),
                 _real_lengths(manifest, encoder.sample_rate), provenance, fingerprint, skipped,
             )
-    distributed.barrier()  # under torchrun: every rank opens the store only after rank 0 made it
+        distributed.barrier()  # under torchrun: every rank opens the store only after rank 0 made it
     if group is None:
         # Wait for shard 0's attributes (written last, after every array): a half-created store is not an error.
         group = _wait_for_store(out, config.wait_for_store_s)

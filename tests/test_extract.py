@@ -189,3 +189,16 @@ def test_torchrun_two_cpu_processes_give_the_single_process_store(tiny_manifest,
     a, b = _store_arrays(single), _store_arrays(both)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_other_shards_take_shard_0s_verdict_without_decoding_again(tiny_manifest, tmp_path, monkeypatch):
+    import embedcache.datasets.manifest as manifest_module
+
+    (tiny_manifest.parent / "audio/empty.wav").write_bytes(b"")
+    tiny_manifest.write_text(tiny_manifest.read_text() + "empty,audio/empty.wav,low,train\n")
+    out = tmp_path / "s.zarr"
+    first = extract(_config(tiny_manifest, out, shard=(0, 2), skip_bad=True))
+    monkeypatch.setattr(manifest_module, "_check_all", lambda *a, **k: pytest.fail("shard 1 decoded every file"))
+    second = extract(_config(tiny_manifest, out, shard=(1, 2), skip_bad=True))
+    assert second.complete and first.clips_written + second.clips_written == 12
+    assert [item["clip_id"] for item in TokenStore.open(out).skipped] == ["empty"]

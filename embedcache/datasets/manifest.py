@@ -90,13 +90,17 @@ def read_manifest(path: str | Path, labels_path: str | Path | None = None) -> Ma
 
 
 def find_bad_rows(
-    manifest_path: str | Path, labels_path: str | Path | None = None, workers: int = 2
+    manifest_path: str | Path, labels_path: str | Path | None = None, workers: int = 2, decode: bool = True
 ) -> tuple[Manifest, list[tuple[str, str]]]:
-    """Parse the manifest and fully decode every file; returns (manifest of the good clips, [(clip id, reason)])."""
+    """Parse the manifest and fully decode every file; returns (manifest of the good clips, [(clip id, reason)]).
+
+    decode=False checks the rows only (columns, ids, labels, paths) and decodes nothing.
+    """
     parsed = _parse(Path(manifest_path), labels_path)
     manifest = parsed.manifest
     root = manifest.source.parent
-    reasons = _check_all([clip.path for clip in manifest.clips], workers)
+    paths = [clip.path for clip in manifest.clips]
+    reasons = _check_all(paths, workers) if decode else [None] * len(paths)
     good = []
     bad_rows = list(parsed.bad_rows)
     for clip, number, reason in zip(manifest.clips, parsed.clip_rows, reasons, strict=True):
