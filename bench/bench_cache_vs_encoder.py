@@ -41,8 +41,8 @@ def cached_run(manifest: Path, store_path: Path, encoder: str, options: dict, sp
     store = TokenStore.open(store_path)
     load_s, train = timed(SplitData, store, "train", in_memory=True, device=resolve_device(config.device))
     fit_s, _ = timed(HeadBank([spec], config).fit, train)
-    return {"extract_s": round(extract_s, 3), "load_s": round(load_s, 3), "train_s": round(fit_s, 3),
-            "total_s": round(extract_s + load_s + fit_s, 3), "clips_extracted": store.n_clips,
+    return {"extract_s": round(extract_s, 6), "load_s": round(load_s, 6), "train_s": round(fit_s, 6),
+            "total_s": round(extract_s + load_s + fit_s, 6), "clips_extracted": store.n_clips,
             "tokens": [store.num_tokens, store.embed_dim]}
 
 
@@ -93,8 +93,8 @@ def uncached_run(manifest: Path, encoder_name: str, options: dict, spec: HeadSpe
                 scheduler.step()
 
     train_s, _ = timed(train)
-    return {"decode_s": round(decode_s, 3), "train_with_encoder_s": round(train_s, 3),
-            "total_s": round(decode_s + train_s, 3), "train_clips": len(clips)}
+    return {"decode_s": round(decode_s, 6), "train_with_encoder_s": round(train_s, 6),
+            "total_s": round(decode_s + train_s, 6), "train_clips": len(clips)}
 
 
 def run(clips: int, encoder: str, options: dict, head: str, epochs: int, batch_size: int, device: str,

@@ -56,10 +56,10 @@ def bank_benchmark(store: TokenStore, kind: str, sizes: list[int], epochs: int, 
     one = best.get(("bank", 1))
     rows = []
     for k in sizes:
-        row = {"k": k, "bank_s": round(best["bank", k], 4),
+        row = {"k": k, "bank_s": round(best["bank", k], 6),
                "ratio_bank_vs_one_head": ratio(best["bank", k], one) if one else None}
         if ("separate", k) in best:
-            row.update({"separate_s": round(best["separate", k], 4),
+            row.update({"separate_s": round(best["separate", k], 6),
                         "ratio_separate_vs_bank": ratio(best["separate", k], best["bank", k])})
         rows.append(row)
     return {"head": kind, "epochs": epochs, "rounds": rounds, "results": rows}

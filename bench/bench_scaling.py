@@ -37,8 +37,8 @@ def epoch_row(store: TokenStore, kind: str, epochs: int, batch_size: int) -> dic
     in_memory = epoch_seconds(HeadBank([spec], config).fit(memory))
     streaming = epoch_seconds(HeadBank([spec], config).fit(streamed))
     bare = bare_tensor_seconds(memory, spec, config)
-    return {"head": kind, "load_s": round(load_s, 4), "in_memory_epoch_s": round(in_memory, 4),
-            "streaming_epoch_s": round(streaming, 4), "tensor_epoch_s": round(bare, 4),
+    return {"head": kind, "load_s": round(load_s, 6), "in_memory_epoch_s": round(in_memory, 6),
+            "streaming_epoch_s": round(streaming, 6), "tensor_epoch_s": round(bare, 6),
             "ratio_store_vs_tensor": ratio(in_memory, bare), "ratio_streaming_vs_tensor": ratio(streaming, bare)}
 
 
@@ -50,8 +50,8 @@ def bank_row(store: TokenStore, k: int, epochs: int, batch_size: int) -> dict:
     bank = epoch_seconds(HeadBank(bank_specs("linear", k), config).fit(memory))
     separate = k * (load_s + epochs * one)
     together = load_s + epochs * bank
-    return {"head": "linear", "k": k, "one_head_epoch_s": round(one, 4), "bank_epoch_s": round(bank, 4),
-            "ratio_bank_vs_one_head": ratio(bank, one), "epochs": epochs, "load_s": round(load_s, 4),
+    return {"head": "linear", "k": k, "one_head_epoch_s": round(one, 6), "bank_epoch_s": round(bank, 6),
+            "ratio_bank_vs_one_head": ratio(bank, one), "epochs": epochs, "load_s": round(load_s, 6),
             "ratio_separate_runs_vs_bank_from_parts": ratio(separate, together)}
 
 
