@@ -114,15 +114,20 @@ def _autocast_context(device: torch.device, mode: str):
     return torch.autocast(device_type=device.type, dtype=dtypes[mode])
 
 
-def clip_num_samples(manifest: Manifest, sample_rate: int, clip_seconds: float | None) -> int:
+def real_lengths(manifest: Manifest, sample_rate: int) -> np.ndarray:
+    """Each clip's length in samples at `sample_rate`, from the file headers."""
+    lengths = []
+    for clip in manifest.clips:
+        info = soundfile.info(str(clip.path))
+        lengths.append(math.ceil(info.frames * sample_rate / info.samplerate))
+    return np.asarray(lengths, np.int64)
+
+
+def clip_num_samples(lengths: np.ndarray, sample_rate: int, clip_seconds: float | None) -> int:
     """Samples every clip is cropped/padded to: clip_seconds, or the longest clip when None."""
     if clip_seconds is not None:
         return int(round(clip_seconds * sample_rate))
-    longest = 0
-    for clip in manifest.clips:
-        info = soundfile.info(str(clip.path))
-        longest = max(longest, math.ceil(info.frames * sample_rate / info.samplerate))
-    return longest
+    return int(lengths.max())
 
 
 def align_batches(chunk_clips: int, batch_size: int) -> tuple[int, int]:
@@ -264,7 +269,8 @@ def extract(config: ExtractConfig) -> ExtractReport:
     skipped = [{"clip_id": clip_id, "reason": reason} for clip_id, reason in bad]
 
     clip_seconds = config.clip_seconds if config.clip_seconds is not None else encoder.clip_seconds
-    num_samples = clip_num_samples(manifest, encoder.sample_rate, clip_seconds)
+    lengths = real_lengths(manifest, encoder.sample_rate)
+    num_samples = clip_num_samples(lengths, encoder.sample_rate, clip_seconds)
     n_time, n_freq = encoder.token_grid(num_samples)
     n_clips = len(manifest.clips)
     chunk_clips = config.chunk_clips or layout.choose_chunk_clips(
@@ -310,7 +316,7 @@ def extract(config: ExtractConfig) -> ExtractReport:
             group = create_store(
                 out, spec, [c.clip_id for c in manifest.clips], manifest.label_matrix(),
                 np.array([split_names.index(c.split) for c in manifest.clips], np.uint8),
-                _real_lengths(manifest, encoder.sample_rate), provenance, fingerprint, skipped,
+                lengths, provenance, fingerprint, skipped,
             )
         distributed.barrier()  # under torchrun: every rank opens the store only after rank 0 made it
     if group is None:
@@ -325,14 +331,6 @@ def extract(config: ExtractConfig) -> ExtractReport:
             file=sys.stderr,
         )
     return _run(config, encoder, manifest, spec, group, device, workers, batch_size, skipped)
-
-
-def _real_lengths(manifest: Manifest, sample_rate: int) -> np.ndarray:
-    lengths = []
-    for clip in manifest.clips:
-        info = soundfile.info(str(clip.path))
-        lengths.append(math.ceil(info.frames * sample_rate / info.samplerate))
-    return np.asarray(lengths, np.int64)
 
 
 def _pending_batches(spec: StoreSpec, group: zarr.Group, batch_size: int, shard: tuple[int, int]) -> list[list[int]]:
