@@ -21,7 +21,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from embedcache.probe import (
     resolve_config,
     run_probe,
 )
+from embedcache.settings import settings_from_dict
 from embedcache.store import TokenStore
 from embedcache.train import HeadBank, HeadSpec, TrainConfig, selection_metric
 
@@ -74,13 +75,7 @@ class SweepConfig:
     @classmethod
     def from_dict(cls, values: dict) -> SweepConfig:
         """Build from a mapping, naming any unknown key."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"sweep: unknown option(s) {unknown}; known options are {sorted(known)}")
-        config = cls(**values)
-        config.validate()
-        return config
+        return settings_from_dict(cls, values, "sweep")
 
     def validate(self) -> None:
         """Raise ConfigError for settings that cannot search."""

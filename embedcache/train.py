@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from embedcache import heads as head_registry
 from embedcache import losses, metrics
 from embedcache.device import resolve_device
 from embedcache.errors import ConfigError, StoreError
+from embedcache.settings import settings_from_dict
 from embedcache.store import TokenStore, layout
 
 IN_MEMORY = "in-memory"
@@ -77,13 +78,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """Build from a config mapping, naming any unknown key."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"train: unknown option(s) {unknown}; known options are {sorted(known)}")
-        config = cls(**values)
-        config.validate()
-        return config
+        return settings_from_dict(cls, values, "train")
 
     def validate(self) -> None:
         """Raise ConfigError for values that cannot train."""
