@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.results import emit, machine, ratio, timed
+from bench.results import emit, machine, parse_args, ratio, timed
 from embedcache import audio, encoders, heads, losses
 from embedcache.datasets import read_manifest
 from embedcache.datasets.sample import build_sample_set
@@ -132,11 +132,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a busy shared machine)")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(parser)
     options = {}
     for item in args.encoder_option:
         key, _, value = item.partition("=")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from bench.results import emit, machine
+from bench.results import emit, machine, parse_args
 from embedcache import audio, encoders
 from embedcache.datasets import read_manifest
 from embedcache.datasets.sample import build_sample_set
@@ -94,11 +94,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--vit-option", action="append", default=[], help="key=value for the random vit")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the fastest of each is kept")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (1 is steadier on a shared box)")
-    parser.add_argument("--out", type=Path, help="write the JSON here as well")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(parser)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         manifest = build_sample_set(workdir / "sample", n_clips=args.clips)

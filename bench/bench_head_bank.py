@@ -16,9 +16,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from bench.results import emit, machine, ratio, timed
+from bench.results import emit, machine, parse_args, ratio, timed
 from bench.synthetic import SyntheticSpec, write_synthetic_store
 from embedcache.store import TokenStore
 from embedcache.train import HeadBank, HeadSpec, TrainConfig, open_splits, resolve_device
@@ -95,11 +94,7 @@ def main() -> None:
     parser.add_argument("--max-separate", type=int, default=64, help="largest K also timed as K separate runs")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a busy shared machine)")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(parser)
     with tempfile.TemporaryDirectory() as tmp:
         summary = run(
             args.clips, tuple(int(p) for p in args.grid.split(",")), args.dim, args.classes, args.epochs,

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.results import parse_args
 from embedcache import heads, losses
+from embedcache.device import resolve_device
 from embedcache.store import write_store
 from embedcache.train import HeadBank, HeadSpec, SplitData, TrainConfig
 
@@ -86,15 +88,10 @@ def main() -> None:
     parser.add_argument("--bank", type=int, default=16)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; the fastest counts")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    args = parse_args(parser)
     grid = tuple(int(part) for part in args.grid.split("x"))
-    if args.threads:
-        torch.set_num_threads(args.threads)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, device=args.device)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     options = {"prototypes_per_class": 20} if args.head.startswith("proto") else {}
     one = bank_specs(args.head, 1, options)
     result: dict = {

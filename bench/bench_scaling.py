@@ -17,12 +17,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
-
 from bench import bench_cache_vs_encoder, bench_store_read
 from bench.bench_head_bank import bank_specs
 from bench.bench_probe import bare_tensor_seconds, epoch_seconds
-from bench.results import emit, machine, ratio, timed
+from bench.results import emit, machine, parse_args, ratio, timed
 from bench.synthetic import SyntheticSpec, write_synthetic_store
 from embedcache.store import TokenStore
 from embedcache.train import HeadBank, HeadSpec, SplitData, TrainConfig
@@ -66,11 +64,7 @@ def main() -> None:
     parser.add_argument("--audio-sizes", default="40,80,160", help="clips for cache vs no cache ('' skips it)")
     parser.add_argument("--audio-epochs", type=int, default=10)
     parser.add_argument("--encoder", default="vit")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a busy shared machine)")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(parser)
     grid = tuple(int(part) for part in args.grid.split(","))
     summary: dict = {"benchmark": "scaling", "machine": machine(), "grid": list(grid), "embed_dim": args.dim,
                      "sizes": [], "cache_vs_encoder": []}

@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from bench.results import emit, machine, ratio
+from bench.results import emit, machine, parse_args, ratio
 from bench.synthetic import SyntheticSpec, write_synthetic_store
 from embedcache.store import TokenStore, layout
 
@@ -121,11 +120,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--store", help="also measure this existing store")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a busy shared machine)")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(parser)
     grid = tuple(int(part) for part in args.grid.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         summary = run(args.clips, grid, args.dim, args.repeats, Path(tmp), extra_store=args.store)

@@ -57,3 +57,13 @@ def emit(summary: dict, out: Path | None) -> str:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
     return text
+
+
+def parse_args(parser) -> object:
+    """Add the options every benchmark shares (--threads, --out), parse, and apply --threads."""
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a busy shared machine)")
+    parser.add_argument("--out", type=Path, help="write the JSON here as well")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
