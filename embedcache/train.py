@@ -165,7 +165,7 @@ class SplitData:
     def __init__(
         self,
         store: TokenStore,
-        split: str,
+        split: str | Sequence[str],
         layer: int | None = None,
         in_memory: bool = True,
         device: torch.device | str = "cpu",
@@ -173,11 +173,15 @@ class SplitData:
         prefetch_windows: int = 2,
     ):
         self.store = store
-        self.split = split
+        # Several splits read as one, in store order (a role given as a list, e.g. the training folds).
+        self.splits = (split,) if isinstance(split, str) else tuple(split)
+        self.split = "+".join(self.splits)
         self.layer = store.resolve_layer(layer)
-        self.indices = store.split_indices(split)
+        self.indices = store.split_indices(self.splits)
         if len(self.indices) == 0:
-            raise StoreError(f"{store.path}: split {split!r} has no clips; choose another split name in the config")
+            raise StoreError(
+                f"{store.path}: split {self.split!r} has no clips; choose another split name in the config"
+            )
         self.device = torch.device(device)
         self.path = IN_MEMORY if in_memory else STREAMING
         self.window_chunks = window_chunks
@@ -389,7 +393,7 @@ def split_nbytes(store: TokenStore, n_clips: int) -> int:
 
 
 def open_splits(
-    requests: Sequence[tuple[TokenStore, str]], layer: int | None, config: TrainConfig
+    requests: Sequence[tuple[TokenStore, str | Sequence[str]]], layer: int | None, config: TrainConfig
 ) -> list[SplitData]:
     """Open splits in order, each in memory while the shared memory budget lasts, streamed after that."""
     device = resolve_device(config.device, option="train.device")

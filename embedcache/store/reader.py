@@ -7,6 +7,7 @@ never silently zeros or a codec traceback.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -233,12 +234,14 @@ class TokenStore:
     def num_samples(self) -> np.ndarray:
         return self.read_rows("num_samples")
 
-    def split_indices(self, name: str) -> np.ndarray:
-        """Sorted clip indices of split `name` inside the view."""
-        if name not in self.split_names:
-            outside = " (it is outside this subset)" if name in self.spec.split_names else ""
-            raise StoreError(f"{self.path}: no split {name!r}{outside}; this store has splits {self.split_names}")
-        rows = self.split_codes == self.spec.split_names.index(name)
+    def split_indices(self, name: str | Sequence[str]) -> np.ndarray:
+        """Sorted clip indices of split `name` (or of the union of several splits) inside the view."""
+        names = [name] if isinstance(name, str) else list(name)
+        for each in names:
+            if each not in self.split_names:
+                outside = " (it is outside this subset)" if each in self.spec.split_names else ""
+                raise StoreError(f"{self.path}: no split {each!r}{outside}; this store has splits {self.split_names}")
+        rows = np.isin(self.split_codes, [self.spec.split_names.index(each) for each in names])
         if self._rows is not None:
             rows &= self._rows
         return np.flatnonzero(rows).astype(np.int64)
