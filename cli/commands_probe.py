@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from embedcache.errors import ConfigError
-from embedcache.probe import format_comparison_table, load_config, read_ledger, run_probe
+from embedcache.probe import (
+    format_comparison_table,
+    format_folds_table,
+    load_config,
+    parse_splits,
+    read_ledger,
+    run_folds,
+    run_probe,
+)
 
 
 def _numbers(text: str | None, option: str) -> list[float] | None:
@@ -35,11 +43,19 @@ def _numbers(text: str | None, option: str) -> list[float] | None:
 @click.option("--ledger", type=click.Path(dir_okay=False), help="Results ledger CSV (default: <out>/../ledger.csv)")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out if there is one.")
 @click.option("--subset", help="A view of the store: 'splits=a,b;classes=x,y;clip_ids=@ids.txt' (recorded in the run).")
+@click.option("--splits", "splits", help="Split(s) per role: 'train=fold1,fold2;valid=dev;test=eval' ('valid=': none).")
+@click.option("--folds", is_flag=True,
+              help="Cross-validate over the store's fold splits: test on fold k, choose on k+1, train on the rest.")
 def probe_command(
     store, heads, out_dir, config_path, seeds, lr, weight_decay, layer, epochs, batch_size, device, ledger, overwrite,
-    subset,
+    subset, splits, folds,
 ) -> None:
-    """Train probe heads on STORE, choose each on validation, test it once, and print a comparison table."""
+    """Train probe heads on STORE, choose each on validation, test it once, and print a comparison table.
+
+    \b
+    Example, 5-fold cross-validation of an ESC-50 store (RUN/fold1..fold5, RUN/folds.json, RUN/folds.csv):
+      embedcache probe runs/esc50.zarr --folds --head linear,protobin --out runs/probes/esc50-cv
+    """
     config = load_config(config_path) if config_path else {}
     values = {"lr": _numbers(lr, "--lr"), "weight_decay": _numbers(weight_decay, "--weight-decay")}
     grid = {key: value for key, value in values.items() if value}
@@ -57,9 +73,18 @@ def probe_command(
         config["layer"] = layer
     if subset:
         config["subset"] = subset
+    if splits:
+        config["splits"] = {**config.get("splits", {}), **parse_splits(splits)}
     head_kinds = [part.strip() for part in heads.split(",") if part.strip()] if heads else None
+    if folds:
+        folds_report = run_folds(store, head_kinds, out_dir, config=config, seeds=seeds, ledger=ledger,
+                                 overwrite=overwrite, log=click.echo)
+        click.echo(format_folds_table(folds_report))
+        click.echo(f"run: {folds_report.run_dir} (folds.json, folds.csv, one run per fold)  "
+                   f"ledger: {folds_report.ledger}")
+        return
     report = run_probe(
-        store, head_kinds, out_dir, config=config, seeds=seeds, ledger=ledger, overwrite=overwrite
+        store, head_kinds, out_dir, config=config, seeds=seeds, ledger=ledger, overwrite=overwrite, log=click.echo
     )
     paths = ", ".join(f"{split}: {path}" for split, path in report.data_paths.items())
     click.echo(f"data: {paths}")

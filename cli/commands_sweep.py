@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from embedcache.errors import ConfigError
-from embedcache.probe import load_config
+from embedcache.probe import load_config, parse_splits
 from embedcache.sweep import format_results, run_sweep
 
 
@@ -46,9 +46,10 @@ def _range(text: str | None, option: str) -> list[float] | None:
 @click.option("--epochs", type=int, help="Training epochs (overrides the config).")
 @click.option("--batch-size", type=int, help="Clips per batch (overrides the config).")
 @click.option("--device", help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--splits", "splits", help="Split(s) per role: 'train=fold1,fold2;valid=dev;test=eval'.")
 def sweep_command(
     store, head, config_path, trials, startup_trials, batch_trials, storage, study_name, out_dir, lr, weight_decay,
-    min_epochs, reduction_factor, top_k, final_seeds, final, final_now, epochs, batch_size, device,
+    min_epochs, reduction_factor, top_k, final_seeds, final, final_now, epochs, batch_size, device, splits,
 ) -> None:
     """Search lr and weight decay for one head on STORE (Sobol, then TPE, pruned), then re-run the best with seeds."""
     config = load_config(config_path) if config_path else {}
@@ -56,6 +57,8 @@ def sweep_command(
              if value is not None}
     if train:
         config["train"] = {**config.get("train", {}), **train}
+    if splits:
+        config["splits"] = {**config.get("splits", {}), **parse_splits(splits)}
     sweep = {
         "trials": trials, "startup_trials": startup_trials, "batch_trials": batch_trials, "min_epochs": min_epochs,
         "reduction_factor": reduction_factor, "top_k": top_k, "final_seeds": final_seeds,

@@ -1,7 +1,8 @@
 """The probe protocol: train a bank on the train split, choose on validation, test the chosen configuration once.
 
 A run writes a directory (config.yaml re-runnable as is, metrics.json, per_class_ap.csv, sweep.csv, curves.csv,
-weights/) and appends one row per head and seed to a results ledger CSV.
+weights/) and appends one row per head and seed to a results ledger CSV. Cross-validation over a store's fold
+splits (`run_folds`) is one such run per fold, under RUN/<fold>/, with folds.json and folds.csv beside them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import datetime as dt
 import fcntl
 import io
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,10 @@ from embedcache.train import (
 )
 
 SPLIT_ROLES = ("train", "valid", "test")
+# A role left at its default name (the first) takes the one other name the store has; train has no aliases.
+SPLIT_ALIASES = {"train": ("train",), "valid": ("valid", "val", "validation", "dev"), "test": ("test", "eval")}
+ROLE_WORDS = {"train": "training", "valid": "validation", "test": "test"}
+FOLD_PATTERN = re.compile(r"fold[_-]?(\d+)", re.IGNORECASE)
 TASKS = ("multilabel", "multiclass")
 
 # The code's defaults; configs/probes/default.yaml spells out the same values (a test keeps them equal).
@@ -114,6 +120,31 @@ def _resolve_head(entry, grid: dict, index: int) -> dict:
     }
 
 
+def _split_value(value, role: str) -> str | list[str] | None:
+    """A role's split: None, one name, or a list of names ('a,b' is a list too)."""
+    if value is None:
+        return None
+    names = [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(f"splits.{role}: give a split name, a list of split names or null, got {value!r}")
+    names = [name.strip() for name in names]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"splits.{role}: {names} names a split twice")
+    return names[0] if isinstance(value, str) and len(names) == 1 else list(names)
+
+
+def parse_splits(text: str) -> dict:
+    """'train=fold1,fold2;valid=fold4;test=fold5' -> a `splits` mapping ('valid=' sets a role to null)."""
+    splits: dict = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        role, sep, names = part.partition("=")
+        role = role.strip()
+        if not sep or role not in SPLIT_ROLES:
+            raise ConfigError(f"--splits {text!r}: use role=a,b;role=c with roles {', '.join(SPLIT_ROLES)}")
+        splits[role] = names.strip() or None
+    return splits
+
+
 def resolve_config(config: dict | None = None, **overrides) -> dict:
     """Defaults <- config <- overrides (non-None), with every head spelled out: the form written to config.yaml."""
     merged = _merge(DEFAULT_CONFIG, config or {})
@@ -138,6 +169,7 @@ def resolve_config(config: dict | None = None, **overrides) -> dict:
         raise ConfigError(f"task {merged['task']!r}: choose multilabel, multiclass or null (detect from the labels)")
     if set(merged["splits"]) - set(SPLIT_ROLES) or merged["splits"].get("train") is None:
         raise ConfigError(f"splits: map the roles {list(SPLIT_ROLES)} to split names; train is required")
+    merged["splits"] = {role: _split_value(merged["splits"].get(role), role) for role in SPLIT_ROLES}
     if set(merged["split_stores"]) - set(SPLIT_ROLES):
         raise ConfigError(f"split_stores: keys must be among {list(SPLIT_ROLES)}, got {sorted(merged['split_stores'])}")
     if int(merged["seeds"]) < 1:
@@ -176,6 +208,43 @@ class ProbeReport:
     data_paths: dict
     sweep: list[dict]
     ledger: Path | None
+    # How the roles were matched to the store's splits (an alias in place of a missing default name, ...).
+    split_notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FoldsReport:
+    """A cross-validation: one probe run per fold (`runs`, in `plan` order) and, per head, `summary` over folds."""
+
+    run_dir: Path
+    config: dict
+    plan: list[dict]
+    runs: list[ProbeReport]
+    summary: list[dict]
+    ledger: Path
+
+
+def fold_summary(plan: list[dict], runs: list[ProbeReport]) -> list[dict]:
+    """Per head: each fold's test metrics (its mean over seeds) and their mean and sample std (ddof=1) over folds."""
+    summary = []
+    for i, first in enumerate(runs[0].results):
+        folds = []
+        for entry, run in zip(plan, runs, strict=True):
+            result = run.results[i]
+            folds.append({
+                "fold": entry["fold"], "lr": result.lr, "weight_decay": result.weight_decay,
+                "valid": result.valid.get(result.metric), "seeds": len(result.per_seed),
+                "test": {key: value for key, value in result.test.items()
+                         if isinstance(value, float) and not key.endswith("_std")},
+            })
+        keys = list(folds[0]["test"])
+        values = {key: np.array([fold["test"][key] for fold in folds]) for key in keys}
+        summary.append({
+            "head": first.name, "kind": first.kind, "metric": first.metric, "folds": folds,
+            "test_mean": {key: float(v.mean()) for key, v in values.items()},
+            "test_std": {key: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for key, v in values.items()},
+        })
+    return summary
 
 
 def _scalar_summary(per_seed: list[dict]) -> dict:
@@ -215,25 +284,126 @@ def _check_train_positives(train: SplitData) -> None:
         )
 
 
-def open_data(config: dict) -> dict[str, SplitData]:
-    """Open and check every split a resolved config names: role (train/valid/test) -> SplitData."""
+# -- split roles ----------------------------------------------------------------------------------------
+def split_names_of(value: str | Sequence[str] | None) -> list[str]:
+    """A role's split names as a list ([] for a null role)."""
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def split_label(value: str | Sequence[str] | None) -> str:
+    """How a role's splits are named in tables and files: 'dev', 'fold1+fold2', or '' for none."""
+    return "+".join(split_names_of(value))
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+
+
+def assign_splits(requested: dict, available: dict[str, tuple[str, Sequence[str]]]) -> tuple[dict, list[str]]:
+    """Each role's split(s) in its store, and notes saying which alias stood in for a missing default name.
+
+    available: role -> (the path of the store the role reads, that store's split names). A valid/test role left at
+    its default name takes the one alias the store has (noted; several are refused) or none (the role is null, as if
+    set to null); any other name the store lacks is refused with the config key to set. A split in two roles of
+    the same store is refused.
+    """
+    assigned, notes = {}, []
+    claimed = {(available[role][0], name) for role in SPLIT_ROLES for name in split_names_of(requested.get(role))
+               if name in available[role][1]}
+    for role in SPLIT_ROLES:
+        value, (path, names) = requested.get(role), available[role]
+        shown = f"the store {path}" if path != available["train"][0] else "the store"
+        missing = [name for name in split_names_of(value) if name not in names]
+        if not missing:
+            assigned[role] = value
+        elif value == role and role != "train":
+            aliases = [name for name in SPLIT_ALIASES[role][1:] if name in names and (path, name) not in claimed]
+            if len(aliases) > 1:
+                raise ConfigError(
+                    f"splits.{role}: {shown} has no split {role!r} but several {ROLE_WORDS[role]} splits "
+                    f"({', '.join(aliases)}); set splits.{role} in the probe config (YAML) or --splits to one of them"
+                )
+            assigned[role] = aliases[0] if aliases else None
+            notes.append(
+                f"splits.{role}: {shown} has no split {role!r}; using {aliases[0]!r} (set splits.{role} to choose "
+                "another)" if aliases else
+                f"splits.{role}: {shown} has no split named {' or '.join(SPLIT_ALIASES[role])}; running without a "
+                f"{ROLE_WORDS[role]} split (its splits: {_listed(names)})"
+            )
+        else:
+            hint = ", or run with --folds" if role == "train" and len(fold_splits(names)) >= 2 else ""
+            raise ConfigError(
+                f"splits.{role}: {shown} has no split {missing[0]!r} (its splits: {_listed(names)}); set "
+                f"splits.{role} in the probe config (YAML) or --splits to one of them, or to a list of them{hint}"
+            )
+    roles = [role for role in SPLIT_ROLES if assigned[role] is not None]
+    for i, first in enumerate(roles):
+        for second in roles[i + 1:]:
+            shared = [name for name in split_names_of(assigned[first]) if name in split_names_of(assigned[second])]
+            if shared and available[first][0] == available[second][0]:
+                raise ConfigError(
+                    f"splits: {shared[0]!r} is in both splits.{first} and splits.{second}; a split may serve one role "
+                    "only: give each role its own splits"
+                )
+    return assigned, notes
+
+
+def open_stores(config: dict) -> dict[str, TokenStore]:
+    """The store each role reads (train/valid/test): the config's store, or its split_stores entry, checked."""
     train_store = TokenStore.open(config["store"], subset=config["subset"])
-    stores = {"train": train_store}
+    stores = {role: train_store for role in SPLIT_ROLES}
     for role, path in config["split_stores"].items():
         stores[role] = TokenStore.open(path, subset=config["subset"])
         _check_compatible(train_store, stores[role], role)
+    return stores
+
+
+def choose_splits(config: dict) -> tuple[dict[str, TokenStore], dict, list[str]]:
+    """Open a resolved config's stores and assign each role its split(s): (stores, splits, notes)."""
+    stores = open_stores(config)
+    available = {role: (store.path, store.split_names) for role, store in stores.items()}
+    splits, notes = assign_splits(config["splits"], available)
+    return stores, splits, notes
+
+
+def open_data(config: dict, stores: dict[str, TokenStore] | None = None) -> dict[str, SplitData]:
+    """Open and check every split a config names (after `choose_splits`): role (train/valid/test) -> SplitData."""
+    stores = stores or open_stores(config)
     roles = [role for role in SPLIT_ROLES if config["splits"].get(role) is not None]
-    requests = [(stores.get(role, train_store), config["splits"][role]) for role in roles]
+    requests = [(stores[role], config["splits"][role]) for role in roles]
     train_config = TrainConfig.from_dict(config["train"])
     # Open (and check) every split before any training, so a bad test split fails in seconds, not after hours.
-    for store, split in requests:
-        if len(store.split_indices(split)) == 0:
-            raise StoreError(
-                f"{store.path}: split {split!r} has no clips; map the roles in `splits` to non-empty splits"
-            )
+    for store, value in requests:
+        for split in split_names_of(value):
+            if len(store.split_indices(split)) == 0:
+                raise StoreError(
+                    f"{store.path}: split {split!r} has no clips; map the roles in `splits` to non-empty splits"
+                )
     data = dict(zip(roles, open_splits(requests, config["layer"], train_config)))
     _check_train_positives(data["train"])
     return data
+
+
+# -- folds ------------------------------------------------------------------------------------------------
+def fold_splits(split_names: Sequence[str]) -> list[str]:
+    """The split names that are folds (fold1, fold_0, Fold-2, ...), in natural order: fold2 before fold10."""
+    numbered = [(int(match.group(1)), name) for name in split_names if (match := FOLD_PATTERN.fullmatch(name))]
+    return [name for _, name in sorted(numbered)]
+
+
+def fold_plan(folds: Sequence[str], validation: bool = True) -> list[dict]:
+    """Per fold k: test on fold k, choose on the fold after it (cyclically), train on the others.
+
+    With validation=False, or only two folds, there is no validation fold: train on every fold but k.
+    """
+    if len(folds) < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, got {list(folds)}")
+    plan = []
+    for k, test in enumerate(folds):
+        valid = folds[(k + 1) % len(folds)] if validation and len(folds) > 2 else None
+        plan.append({"fold": test, "train": [f for f in folds if f not in (test, valid)], "valid": valid,
+                     "test": test})
+    return plan
 
 
 def _bank_specs(config: dict, seed: int) -> tuple[list[HeadSpec], list[str]]:
@@ -260,11 +430,13 @@ def run_probe(
     seeds: int | None = None,
     ledger: str | Path | None = None,
     overwrite: bool = False,
+    log: Callable[[str], None] = print,
 ) -> ProbeReport:
     """Train every head configuration per seed in one bank, choose each head's lr/wd on validation, test it once.
 
     head_kinds (None: the config's heads) and seeds override the config; the ledger defaults to <out>/../ledger.csv.
     An out_dir that already holds a run is refused unless overwrite=True (the ledger keeps every earlier row).
+    `log` gets one line per split role the store matched by an alias (also kept in the report and metrics.json).
     """
     out_dir = Path(out_dir).resolve()
     overrides = {"store": absolute_url(store_path) if store_path is not None else None, "seeds": seeds}
@@ -277,11 +449,18 @@ def run_probe(
         raise ConfigError(
             f"{out_dir} already holds a probe run (metrics.json); choose a new --out, or pass --overwrite to replace it"
         )
-    if resolved["splits"].get("valid") is None and any(
+    stores, resolved["splits"], notes = choose_splits(resolved)
+    for note in notes:
+        log(note)
+    if resolved["splits"]["valid"] is None and any(
         len(h["lr"]) * len(h["weight_decay"]) > 1 for h in resolved["heads"]
     ):
-        raise ConfigError("splits.valid is null but the grid has several configurations: name a validation split")
-    data = open_data(resolved)
+        raise ConfigError(
+            "splits.valid is null but the grid has several configurations: name a validation split (splits.valid in "
+            f"the probe config or --splits valid=NAME; the store's splits: {_listed(stores['valid'].split_names)}), "
+            "or give one lr and one weight decay"
+        )
+    data = open_data(resolved, stores)
     train, valid, test = data["train"], data.get("valid"), data.get("test")
     resolved["layer"] = train.layer
     multilabel = train.store.is_multilabel if resolved["task"] is None else resolved["task"] == "multilabel"
@@ -323,13 +502,73 @@ def run_probe(
         chosen = max(candidates, key=mean_valid)
         results.append(_evaluate_chosen(head, chosen, banks, valid, test, multilabel, metric))
 
-    report = ProbeReport(out_dir, resolved, results, dict(banks[0][1].data_paths_), sweep, None)
+    report = ProbeReport(out_dir, resolved, results, dict(banks[0][1].data_paths_), sweep, None, notes)
     if test is not None:
         report.data_paths[test.split] = test.path
     _write_run(report, banks, train.store)
     ledger_path = Path(ledger) if ledger is not None else out_dir.resolve().parent / "ledger.csv"
     append_ledger(ledger_path, ledger_rows(report, train.store))
     report.ledger = ledger_path
+    return report
+
+
+def run_folds(
+    store_path: str | Path | None,
+    head_kinds: Sequence[str] | None,
+    out_dir: str | Path,
+    config: dict | None = None,
+    seeds: int | None = None,
+    ledger: str | Path | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> FoldsReport:
+    """k-fold cross-validation over the store's fold splits: one probe run per fold (see `fold_plan`) in out/<fold>.
+
+    The config's splits stay at their defaults (or splits.valid: null: no validation fold, train on every other
+    fold); out/config.yaml re-runs the whole cross-validation, out/<fold>/config.yaml one fold.
+    """
+    out_dir = Path(out_dir).resolve()
+    overrides = {"store": absolute_url(store_path) if store_path is not None else None, "seeds": seeds}
+    if head_kinds:
+        overrides["heads"] = list(head_kinds)
+    resolved = resolve_config(config, **overrides)
+    if resolved["store"] is None:
+        raise ConfigError("no store given: pass STORE or set `store:` in the config")
+    defaults = resolve_config(None)["splits"]
+    if resolved["split_stores"] or {**resolved["splits"], "valid": defaults["valid"]} != defaults:
+        raise ConfigError(
+            "--folds chooses the splits of every fold itself: drop `splits:` and `split_stores:` from the config "
+            "and --splits (splits.valid: null alone is allowed: no validation fold)"
+        )
+    store = TokenStore.open(resolved["store"], subset=resolved["subset"])
+    folds = fold_splits(store.split_names)
+    if len(folds) < 2:
+        raise ConfigError(
+            f"--folds: {store.path} has {len(folds)} fold split(s) (its splits: {_listed(store.split_names)}); "
+            "cross-validation needs at least 2 splits named fold1, fold2, ... (or fold_0, ...)"
+        )
+    plan = fold_plan(folds, validation=resolved["splits"]["valid"] is not None)
+    if plan[0]["valid"] is None and any(len(h["lr"]) * len(h["weight_decay"]) > 1 for h in resolved["heads"]):
+        raise ConfigError(
+            f"--folds without a validation fold ({len(folds)} folds, or splits.valid: null) cannot choose among "
+            "several lr/weight decay values: give one lr and one weight decay"
+        )
+    done = [path for path in [out_dir / "folds.json", *(out_dir / f / "metrics.json" for f in folds)] if path.exists()]
+    if done and not overwrite:
+        raise ConfigError(f"{out_dir} already holds a cross-validation ({done[0].name}); choose a new --out, or pass "
+                          "--overwrite to replace it")
+    ledger_path = Path(ledger) if ledger is not None else out_dir.parent / "ledger.csv"
+    runs = []
+    for entry in plan:
+        log(f"{entry['fold']}: train {split_label(entry['train'])}, valid {entry['valid'] or '-'}, "
+            f"test {entry['test']}")
+        splits = {role: entry[role] for role in SPLIT_ROLES}
+        runs.append(run_probe(None, None, out_dir / entry["fold"], config={**resolved, "splits": splits},
+                              ledger=ledger_path, overwrite=overwrite, log=log))
+    # The config that re-runs the whole cross-validation: the first fold's, with the splits left to --folds.
+    base = {**runs[0].config, "splits": {**defaults, "valid": defaults["valid"] if plan[0]["valid"] else None}}
+    report = FoldsReport(out_dir, base, plan, runs, fold_summary(plan, runs), ledger_path)
+    _write_folds(report)
     return report
 
 
@@ -390,6 +629,8 @@ def _write_run(report: ProbeReport, banks: list, store: TokenStore) -> None:
         "layer": report.config["layer"],
         "task": report.config["task"],
         "selection_metric": report.results[0].metric,
+        "splits": report.config["splits"],
+        "split_notes": report.split_notes,
         "data_paths": report.data_paths,
         "view": store.describe_view(),
         "std": "sample standard deviation over seeds (ddof=1)",
@@ -411,6 +652,41 @@ def _write_run(report: ProbeReport, banks: list, store: TokenStore) -> None:
             _save_head(run_dir / "weights", result, entry["seed"], banks_by_seed[entry["seed"]].heads_[entry["index"]])
 
 
+def _write_folds(report: FoldsReport) -> None:
+    run_dir = report.run_dir
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(report.config, sort_keys=False))
+    summary = {
+        "store": report.config["store"],
+        "layer": report.config["layer"],
+        "task": report.config["task"],
+        "selection_metric": report.runs[0].results[0].metric,
+        "protocol": "per fold k: test on fold k, choose lr/wd on the next fold (cyclically), train on the others"
+        if report.plan[0]["valid"] else "per fold k: test on fold k, train on the others (no validation fold)",
+        "std": "sample standard deviation over folds (ddof=1) of each fold's test metric (its mean over seeds)",
+        "plan": report.plan,
+        "heads": report.summary,
+    }
+    (run_dir / "folds.json").write_text(json.dumps(summary, indent=2))
+    _write_csv(run_dir / "folds.csv", fold_rows(report))
+
+
+def fold_rows(report: FoldsReport) -> list[dict]:
+    """folds.csv: per head one row per fold, then a 'mean' and a 'std' row over folds."""
+    rows = []
+    for head in report.summary:
+        prefix = {"head": head["head"], "kind": head["kind"], "metric": head["metric"]}
+        for fold, entry in zip(head["folds"], report.plan, strict=True):
+            rows.append({**prefix, "fold": fold["fold"], "train": split_label(entry["train"]),
+                         "valid": entry["valid"] or "", "test": entry["test"], "lr": fold["lr"],
+                         "weight_decay": fold["weight_decay"], "seeds": fold["seeds"],
+                         f"valid_{head['metric']}": "" if fold["valid"] is None else fold["valid"],
+                         **{f"test_{key}": value for key, value in fold["test"].items()}})
+        for statistic in ("mean", "std"):
+            rows.append({**prefix, "fold": statistic,
+                         **{f"test_{key}": value for key, value in head[f"test_{statistic}"].items()}})
+    return rows
+
+
 def _per_class_rows(report: ProbeReport, store: TokenStore) -> list[dict]:
     rows = []
     for result in report.results:
@@ -421,7 +697,7 @@ def _per_class_rows(report: ProbeReport, store: TokenStore) -> list[dict]:
             stacked = np.asarray(arrays, dtype=np.float64)  # [seeds, C]
             for c, label in enumerate(store.label_names):
                 rows.append({
-                    "head": result.name, "split": report.config["splits"][role], "label": label,
+                    "head": result.name, "split": split_label(report.config["splits"][role]), "label": label,
                     "ap": float(np.nanmean(stacked[:, c])) if not np.isnan(stacked[:, c]).all() else "",
                     "ap_std": float(np.nanstd(stacked[:, c], ddof=1)) if len(arrays) > 1 and
                     not np.isnan(stacked[:, c]).all() else 0.0,
@@ -506,6 +782,14 @@ def _fmt(mean: float | None, std: float | None) -> str:
     return f"{100 * mean:6.2f} ± {100 * (std or 0.0):.2f}"
 
 
+def _render_table(header: list[str], lines: list[list[str]]) -> str:
+    """Left-aligned columns under a header and a rule of dashes."""
+    widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header))]
+    render = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *lines]]
+    render.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(render)
+
+
 def _rows_from_ledger(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -562,7 +846,21 @@ def format_comparison_table(report_or_rows: ProbeReport | Sequence[dict]) -> str
             row["head"], row["kind"], str(row["layer"]), f"{row['lr']:g}", f"{row['weight_decay']:g}",
             f"{row['params']:,}", str(row["seeds"]), valid_cell, _fmt(*row["test_map"]), metric_cell,
         ])
-    widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header))]
-    render = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *lines]]
-    render.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(render)
+    return _render_table(header, lines)
+
+
+def format_folds_table(report: FoldsReport) -> str:
+    """Per head: the test metric of every fold and mean ± std over folds, in %."""
+    folds = [entry["fold"] for entry in report.plan]
+    metric = report.summary[0]["metric"]
+    header = ["head", "kind", *folds, f"test {metric} (%) mean ± std"]
+    if metric != "map":
+        header.append("test mAP (%) mean ± std")
+    lines = []
+    for head in report.summary:
+        cells = [head["head"], head["kind"], *(f"{100 * fold['test'][metric]:.2f}" for fold in head["folds"]),
+                 _fmt(head["test_mean"][metric], head["test_std"][metric])]
+        if metric != "map":
+            cells.append(_fmt(head["test_mean"].get("map"), head["test_std"].get("map")))
+        lines.append(cells)
+    return _render_table(header, lines)

@@ -34,6 +34,7 @@ from embedcache.errors import ConfigError
 from embedcache.probe import (
     ProbeReport,
     absolute_url,
+    choose_splits,
     format_comparison_table,
     open_data,
     resolve_config,
@@ -461,8 +462,14 @@ def run_sweep(
     resolved = resolve_config(config, store=absolute_url(store_path) if store_path is not None else None)
     if resolved["store"] is None:
         raise ConfigError("no store given: pass STORE or set `store:` in the config")
-    if resolved["splits"].get("valid") is None:
-        raise ConfigError("splits.valid is null: a sweep chooses on validation, so map `valid` to a split")
+    stores, resolved["splits"], notes = choose_splits(resolved)
+    for note in notes:
+        log(note)
+    if resolved["splits"]["valid"] is None:
+        raise ConfigError(
+            "splits.valid is null: a sweep chooses on validation, so map `valid` to a split (splits.valid in the "
+            f"probe config or --splits valid=NAME; the store's splits: {', '.join(stores['valid'].split_names)})"
+        )
     chosen = _choose_head(resolved, head)
     space = search_space(chosen, sweep)
     study_name = study_name or default_study_name(resolved["store"], chosen["name"])
@@ -471,7 +478,7 @@ def run_sweep(
     storage = storage or f"sqlite:///{out_dir / 'study.db'}"
 
     # Trials need train and valid only; the test split is read by the final re-run.
-    data = open_data({**resolved, "splits": {**resolved["splits"], "test": None}})
+    data = open_data({**resolved, "splits": {**resolved["splits"], "test": None}}, stores)
     store = data["train"].store
     resolved["layer"] = data["train"].layer
     multilabel = store.is_multilabel if resolved["task"] is None else resolved["task"] == "multilabel"
@@ -488,7 +495,7 @@ def run_sweep(
     (out_dir / "sweep.yaml").write_text(yaml.safe_dump({
         "study": study_name, "storage": redact(storage), "head": chosen, "sweep": sweep.to_dict(),
         "min_epochs": min_epochs, "space": {name: [d.low, d.high] for name, d in space.items()},
-        "probe_config": resolved,
+        "probe_config": resolved, "split_notes": notes,
     }, sort_keys=False))
 
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -518,11 +525,12 @@ def run_sweep(
         log(f"{len(running)} trial(s) still running on other workers ({running[:8]}); run this command again when "
             "they finish to re-run the top configurations (or with --final-now if a worker was killed)")
         return report
-    _final_rerun(report, resolved, chosen, sweep)
+    _final_rerun(report, resolved, chosen, sweep, log)
     return report
 
 
-def _final_rerun(report: SweepReport, resolved: dict, head: dict, sweep: SweepConfig) -> None:
+def _final_rerun(report: SweepReport, resolved: dict, head: dict, sweep: SweepConfig,
+                 log: Callable[[str], None]) -> None:
     """Re-run the top-k trials with final_seeds seeds as one probe run; export the best as a probe config."""
     key = f"valid_{report.metric}"
     complete = sorted((r for r in report.trials if r["state"] == "complete"), key=lambda r: (-r[key], r["number"]))
@@ -533,7 +541,7 @@ def _final_rerun(report: SweepReport, resolved: dict, head: dict, sweep: SweepCo
     config["heads"] = [{"name": f"trial{row['number']}", "kind": head["kind"], "lr": [row["lr"]],
                         "weight_decay": [row["weight_decay"]], "options": dict(head["options"])} for row in top]
     config["seeds"] = sweep.final_seeds
-    final = run_probe(resolved["store"], None, report.out_dir / "final", config=config, overwrite=True)
+    final = run_probe(resolved["store"], None, report.out_dir / "final", config=config, overwrite=True, log=log)
     by_name = {result.name: result for result in final.results}
     results = []
     for row in top:

@@ -163,7 +163,7 @@ def test_refuses_an_empty_split(tmp_path, store):
     group.attrs["embedcache"] = attrs
     with pytest.raises(StoreError, match="split 'holdout' has no clips"):
         run_probe(store.path, ["linear"], tmp_path / "run", config={**FAST, "splits": {"test": "holdout"}})
-    with pytest.raises(StoreError, match="no split 'dev'"):
+    with pytest.raises(ConfigError, match=r"splits.valid: the store has no split 'dev' \(its splits: train, valid"):
         run_probe(store.path, ["linear"], tmp_path / "run", config={**FAST, "splits": {"valid": "dev"}})
     assert not (tmp_path / "run").exists()
 
