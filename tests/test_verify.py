@@ -52,11 +52,12 @@ def test_a_clean_store_verifies_and_counts_every_chunk(tmp_path):
     make_store(tmp_path / "s.zarr")
     report = verify_store(tmp_path / "s.zarr")
     assert report.ok, report.problems
-    # 2 layers x (tokens + prefix) x 6 chunks + valid_tokens 6 + num_samples/labels/splits/clip_ids 1 each + 6 markers
-    assert report.chunks_checked == 4 * 6 + 6 + 4 + 6
-    assert report.arrays_checked == 4 + 6
+    # 2 layers x (tokens + prefix) x 6 chunks + valid_tokens 6 + one chunk each for num_samples, labels, splits,
+    # clip_ids, recording_ids, offsets, lost_samples + 6 markers
+    assert report.chunks_checked == 4 * 6 + 6 + 7 + 6
+    assert report.arrays_checked == 4 + 9
     result = CliRunner().invoke(main, ["verify", str(tmp_path / "s.zarr")])
-    assert result.exit_code == 0 and "OK: 40 chunks in 10 arrays" in result.output
+    assert result.exit_code == 0 and "OK: 43 chunks in 13 arrays" in result.output
 
 
 def test_flipped_byte_is_named_by_verify_the_reader_and_probe(tmp_path):

@@ -71,6 +71,9 @@ def source_identity(source: TokenStore) -> str:
 
 
 def _choose_mode(store: TokenStore, source: TokenStore, dst: str, src: str) -> str:
+    if store.format_version != source.format_version:
+        raise StoreError(f"{src}: store format {source.format_version}, but {dst} is format {store.format_version}; "
+                         "re-extract the older one with this embedcache so both record the same per-row arrays")
     same_ids = len(source.clip_ids) == len(store.clip_ids) and (source.clip_ids == store.clip_ids).all()
     if same_ids:
         new_layers = sorted(set(source.layers) - set(store.layers))
@@ -159,6 +162,8 @@ def _prepare(group: zarr.Group, spec: StoreSpec, base: StoreSpec, incoming: Toke
     if mode == "clips":
         n = spec.n_clips
         paths = ["valid_tokens", "num_samples", "labels", "splits", "clip_ids"]
+        rows = [name for name in layout.ROW_ARRAYS if name in group]
+        paths += rows
         paths += [layout.tokens_path(layer) for layer in spec.layers]
         paths += [layout.prefix_path(layer) for layer in spec.layers] if spec.num_prefix else []
         for path in paths:
@@ -175,6 +180,10 @@ def _prepare(group: zarr.Group, spec: StoreSpec, base: StoreSpec, incoming: Toke
         writable(group, "splits")[new] = codes
         writable(group, "num_samples")[new] = incoming.num_samples
         writable(group, "clip_ids")[new] = np.asarray(incoming.clip_ids, dtype=str)
+        if rows:
+            writable(group, "recording_ids")[new] = np.asarray(incoming.recording_ids, dtype=str)
+            writable(group, "offsets")[new] = incoming.offsets
+            writable(group, "lost_samples")[new] = incoming.lost_samples
         return
     for layer in sorted(set(spec.layers) - set(base.layers)):
         if layout.tokens_path(layer) not in group:  # a resumed append made it already

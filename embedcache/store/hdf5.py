@@ -5,6 +5,7 @@ File layout (mirrors the Zarr store; readable with h5py alone):
     /tokens/layer_<i>   [N, T, D] float16/float32, or uint16 holding bfloat16 bits (attribute dtype="bfloat16")
     /prefix/layer_<i>   [N, P, D] (absent when P = 0)
     /valid_tokens [N] int32, /num_samples [N] int64, /labels [N, C] uint8, /splits [N] uint8, /clip_ids [N] UTF-8
+    /recording_ids [N] UTF-8, /offsets [N] int64, /lost_samples [N] int64 (format 2)
     root attributes: embedcache = JSON of the store's attributes (format_version, status, layout, provenance,
     fingerprint, skipped); grid, label_names, split_names, dtype repeated as plain attributes for convenience.
 """
@@ -21,6 +22,7 @@ from embedcache.errors import StoreError
 from embedcache.store import layout, urls
 from embedcache.store.reader import TokenStore
 from embedcache.store.writer import (
+    RowInfo,
     StoreSpec,
     create_store,
     mark_complete_if_done,
@@ -71,6 +73,11 @@ def export_hdf5(
             handle.create_dataset(name, data=store.read_rows(name), compression=compression)
         handle.create_dataset("clip_ids", data=np.asarray(store.clip_ids, dtype=object),
                               dtype=h5py.string_dtype("utf-8"))
+        if store.format_version >= 2:
+            handle.create_dataset("recording_ids", data=np.asarray(store.recording_ids, dtype=object),
+                                  dtype=h5py.string_dtype("utf-8"))
+            handle.create_dataset("offsets", data=store.offsets, compression=compression)
+            handle.create_dataset("lost_samples", data=store.lost_samples, compression=compression)
     partial.replace(out)
     return out
 
@@ -84,9 +91,9 @@ def _read_attrs(handle: h5py.File, path: Path) -> dict:
         spec = StoreSpec.from_attrs(attrs["layout"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise StoreError(f"{path}: attribute '{layout.ATTRS_KEY}' is not a valid store description ({error})") from None
-    if attrs.get("format_version") != layout.FORMAT_VERSION:
-        raise StoreError(f"{path}: store format version {attrs.get('format_version')}, this embedcache reads "
-                         f"version {layout.FORMAT_VERSION}")
+    if attrs.get("format_version") not in layout.READABLE_VERSIONS:
+        raise StoreError(f"{path}: store format version {attrs.get('format_version')!r}, this embedcache reads "
+                         f"versions {', '.join(map(str, layout.READABLE_VERSIONS))}")
     attrs["_spec"] = spec
     return attrs
 
@@ -106,6 +113,10 @@ def _dataset(handle: h5py.File, path: Path, name: str, shape: tuple, dtype) -> h
     return dataset
 
 
+def _strings(values: np.ndarray) -> list[str]:
+    return [value.decode("utf-8") if isinstance(value, bytes) else str(value) for value in values]
+
+
 def import_hdf5(path: str | Path, out_url: str | Path, overwrite: bool = False) -> TokenStore:
     """Create the store `out_url` from an embedcache HDF5 export; layout, provenance and fingerprint are kept."""
     path = Path(path)
@@ -118,8 +129,14 @@ def import_hdf5(path: str | Path, out_url: str | Path, overwrite: bool = False) 
         stored = layout.stored_numpy_dtype(spec.dtype)
         arrays = {name: _dataset(handle, path, name, (n,) if name != "labels" else (n, len(spec.label_names)),
                                  dtype)[()] for name, dtype in PER_CLIP.items()}
-        clip_ids = [value.decode("utf-8") if isinstance(value, bytes) else str(value)
-                    for value in _dataset(handle, path, "clip_ids", (n,), "string")[()]]
+        clip_ids = _strings(_dataset(handle, path, "clip_ids", (n,), "string")[()])
+        rows = RowInfo.whole(clip_ids)
+        if attrs["format_version"] >= 2:
+            rows = RowInfo(
+                _strings(_dataset(handle, path, "recording_ids", (n,), "string")[()]),
+                _dataset(handle, path, "offsets", (n,), "int64")[()],
+                _dataset(handle, path, "lost_samples", (n,), "int64")[()],
+            )
         tokens = {layer: _dataset(handle, path, layout.tokens_path(layer), (n, spec.num_tokens, spec.embed_dim),
                                   stored) for layer in spec.layers}
         prefix = {layer: _dataset(handle, path, layout.prefix_path(layer), (n, spec.num_prefix, spec.embed_dim),
@@ -130,7 +147,7 @@ def import_hdf5(path: str | Path, out_url: str | Path, overwrite: bool = False) 
             raise StoreError(f"{out_url}: a store is already there; choose another destination or pass --overwrite")
         group = create_store(
             out_url, spec, clip_ids, arrays["labels"], arrays["splits"], arrays["num_samples"],
-            attrs["provenance"], attrs["fingerprint"], attrs.get("skipped", []),
+            attrs["provenance"], attrs["fingerprint"], attrs.get("skipped", []), rows,
         )
         for chunk in range(spec.n_chunks):
             start, stop = spec.chunk_range(chunk)

@@ -1,4 +1,4 @@
-"""The token store's layout: array names, dtypes, chunking and the attribute schema (format version 1).
+"""The token store's layout: array names, dtypes, chunking and the attribute schema (format version 2).
 
 A store is a plain Zarr v3 group that anyone can open with `zarr.open_group` and no embedcache:
 
@@ -7,13 +7,18 @@ A store is a plain Zarr v3 group that anyone can open with `zarr.open_group` and
     tokens/layer_<i>           [N, T, D] patch tokens of block i, time-major (t * n_freq + f); chunks = whole clips
     prefix/layer_<i>           [N, P, D] prefix (cls, distillation) tokens of block i; absent when P = 0
     valid_tokens               [N] int32: row n's first valid_tokens[n] tokens hold real audio, the rest is padding
-    num_samples                [N] int64: real samples of the clip before padding/cropping
+    num_samples                [N] int64: real samples of the row's audio (the clip, or one window) before cropping
+    recording_ids              [N] UTF-8: the manifest clip (recording) each row comes from        (format 2)
+    offsets                    [N] int64: first sample of the row in its recording (windows; else 0) (format 2)
+    lost_samples               [N] int64: samples of the row's audio cropped away (0 unless cropped) (format 2)
     labels                     [N, C] uint8 multi-hot, columns in layout.label_names order
     splits                     [N] uint8 codes into layout.split_names
     clip_ids                   [N] UTF-8 strings
     chunk_done                 [n_chunks] uint8 completion markers, one object per chunk, set after its data is written
 
 bfloat16 has no numpy dtype: it is stored as its raw uint16 bits, with layout.dtype = "bfloat16".
+Sample counts and offsets are at provenance.encoder.sample_rate. Format 1 stores (no row arrays) are still read:
+each row is its own recording, at offset 0, with nothing known to be cropped.
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+# Per-row arrays added in format 2: name -> (numpy dtype name as verify reports it, what it holds).
+ROW_ARRAYS = {
+    "recording_ids": "string",
+    "offsets": "int64",
+    "lost_samples": "int64",
+}
 ATTRS_KEY = "embedcache"
 STATUS_WRITING = "writing"
 STATUS_COMPLETE = "complete"

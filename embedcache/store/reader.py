@@ -234,6 +234,42 @@ class TokenStore:
     def num_samples(self) -> np.ndarray:
         return self.read_rows("num_samples")
 
+    @property
+    def format_version(self) -> int:
+        return int(self._attrs["format_version"])
+
+    @property
+    def sample_rate(self) -> int | None:
+        """Rate of num_samples, offsets and lost_samples (the encoder's)."""
+        rate = (self.provenance.get("encoder") or {}).get("sample_rate")
+        return int(rate) if rate else None
+
+    @cached_property
+    def recording_ids(self) -> np.ndarray:
+        """[N] the recording (manifest clip) each row comes from; a row's own id in format 1 stores."""
+        if self.format_version < 2:
+            return self.clip_ids
+        return np.array(self.read_rows("recording_ids").tolist(), dtype=str)
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        """[N] int64 first sample of each row in its recording (0 unless the store holds windows)."""
+        if self.format_version < 2:
+            return np.zeros(self.n_clips, np.int64)
+        return self.read_rows("offsets")
+
+    @cached_property
+    def lost_samples(self) -> np.ndarray:
+        """[N] int64 samples of each row's audio cropped away (format 1 stores did not record it: zeros)."""
+        if self.format_version < 2:
+            return np.zeros(self.n_clips, np.int64)
+        return self.read_rows("lost_samples")
+
+    @property
+    def is_windowed(self) -> bool:
+        """True when rows are windows of longer recordings (several rows may share a recording)."""
+        return bool((self.provenance.get("clip_policy") or {}).get("window_samples"))
+
     def split_indices(self, name: str | Sequence[str]) -> np.ndarray:
         """Sorted clip indices of split `name` (or of the union of several splits) inside the view."""
         names = [name] if isinstance(name, str) else list(name)

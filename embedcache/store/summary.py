@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from embedcache.store.reader import TokenStore
+
+# Cropped rows `info` lists by name (all of them are in `--json` and in the store's lost_samples array).
+CROPPED_SHOWN = 20
 
 
 def summarize(store: TokenStore) -> dict:
@@ -36,6 +41,8 @@ def summarize(store: TokenStore) -> dict:
         "dtype": store.dtype,
         "chunks": {"count": spec.n_chunks, "clips_per_chunk": spec.chunk_clips, "compression": spec.compression},
         "valid_tokens": {"min": int(store.valid_tokens.min()), "max": int(store.valid_tokens.max())},
+        "recordings": _recordings(store),
+        "cropped": _cropped(store),
         "bytes": {"raw_tokens": raw, "on_disk": disk, "raw_float16_tokens": _fp16_bytes(spec)},
         "provenance": {
             "created": provenance.get("created"),
@@ -45,6 +52,30 @@ def summarize(store: TokenStore) -> dict:
             "clip_policy": provenance.get("clip_policy"),
             "frontend": provenance.get("frontend"),
         },
+    }
+
+
+def _recordings(store: TokenStore) -> dict:
+    """How rows map onto recordings: one each, or windows (with the window and hop in seconds)."""
+    policy = store.provenance.get("clip_policy") or {}
+    rate = store.sample_rate or 1
+    count = len(np.unique(store.recording_ids))
+    if not store.is_windowed:
+        return {"count": count, "windows": False}
+    return {"count": count, "windows": True, "window_seconds": policy["window_samples"] / rate,
+            "hop_seconds": policy.get("hop_samples", 0) / rate}
+
+
+def _cropped(store: TokenStore) -> dict:
+    """Rows whose audio was cropped, with the seconds each lost."""
+    rate = store.sample_rate or 1
+    lost = store.lost_samples
+    rows = np.flatnonzero(lost > 0)
+    return {
+        "count": int(len(rows)),
+        "lost_seconds": float(lost.sum() / rate),
+        "clips": [{"clip_id": str(store.clip_ids[row]), "seconds": float(store.num_samples[row] / rate),
+                   "lost_seconds": float(lost[row] / rate)} for row in rows],
     }
 
 
@@ -84,6 +115,7 @@ def format_summary(summary: dict) -> str:
         f"codecs {chunks['compression']} + crc32c",
         f"size        {_mb(size['on_disk'])} on disk; raw tokens {_mb(size['raw_tokens'])}; "
         f"raw float16 {_mb(size['raw_float16_tokens'])} (disk/raw fp16 = {ratio:.3f})",
+        _rows_line(s),
         f"clip policy {provenance.get('clip_policy')}",
         f"frontend    {provenance.get('frontend')}",
         f"manifest    {provenance.get('manifest')}",
@@ -92,4 +124,21 @@ def format_summary(summary: dict) -> str:
     ]
     for item in s["skipped"][:20]:
         lines.append(f"  skipped   {item['clip_id']}: {item['reason']}")
+    for item in s["cropped"]["clips"][:CROPPED_SHOWN]:
+        lines.append(f"  cropped   {item['clip_id']}: {item['seconds']:.2f} s, lost {item['lost_seconds']:.2f} s")
+    if s["cropped"]["count"] > CROPPED_SHOWN:
+        lines.append(f"  cropped   ... and {s['cropped']['count'] - CROPPED_SHOWN} more (embedcache info --json)")
     return "\n".join(lines)
+
+
+def _rows_line(s: dict) -> str:
+    recordings, cropped = s["recordings"], s["cropped"]
+    if recordings["windows"]:
+        text = (f"rows        {s['clips']} windows of {recordings['window_seconds']:g} s (hop "
+                f"{recordings['hop_seconds']:g} s) from {recordings['count']} recordings")
+    else:
+        text = f"rows        one per clip ({recordings['count']} recordings)"
+    if cropped["count"]:
+        return text + (f"; {cropped['count']} cropped, {cropped['lost_seconds']:.1f} s of audio lost "
+                       "(re-extract with a longer --max-seconds, or --window)")
+    return text + "; none cropped"

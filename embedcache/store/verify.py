@@ -62,8 +62,8 @@ class VerifyReport:
         return [problem.key for problem in self.problems]
 
 
-def expected_arrays(spec: StoreSpec) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Array path -> (shape, stored numpy dtype name) of everything the layout promises."""
+def expected_arrays(spec: StoreSpec, version: int = layout.FORMAT_VERSION) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Array path -> (shape, stored numpy dtype name) of everything the layout (of format `version`) promises."""
     n, stored = spec.n_clips, np.dtype(layout.stored_numpy_dtype(spec.dtype)).name
     arrays = {}
     for layer in spec.layers:
@@ -75,6 +75,8 @@ def expected_arrays(spec: StoreSpec) -> dict[str, tuple[tuple[int, ...], str]]:
     arrays["labels"] = ((n, len(spec.label_names)), "uint8")
     arrays["splits"] = ((n,), "uint8")
     arrays["clip_ids"] = ((n,), "string")
+    if version >= 2:
+        arrays.update({name: ((n,), dtype) for name, dtype in layout.ROW_ARRAYS.items()})
     arrays["chunk_done"] = ((spec.n_chunks,), "uint8")
     return arrays
 
@@ -127,9 +129,9 @@ def _check_attrs(report: VerifyReport, attrs) -> StoreSpec | None:
     if not isinstance(attrs, dict):
         report.add(key, "missing: not an embedcache token store")
         return None
-    if attrs.get("format_version") != layout.FORMAT_VERSION:
+    if attrs.get("format_version") not in layout.READABLE_VERSIONS:
         report.add(f"{key}.format_version", f"{attrs.get('format_version')!r}, this embedcache reads "
-                                            f"{layout.FORMAT_VERSION}")
+                                            f"{', '.join(map(str, layout.READABLE_VERSIONS))}")
         return None
     missing = [name for name in ("status", "layout", "provenance", "fingerprint") if name not in attrs]
     if missing:
@@ -158,7 +160,7 @@ def _check_attrs(report: VerifyReport, attrs) -> StoreSpec | None:
 def _check_arrays(report: VerifyReport, group: zarr.Group, spec: StoreSpec) -> dict[str, zarr.Array]:
     """Open every expected array, checking shape, dtype, chunking and checksum codec."""
     found = {}
-    for path, (shape, dtype) in expected_arrays(spec).items():
+    for path, (shape, dtype) in expected_arrays(spec, group.attrs[layout.ATTRS_KEY]["format_version"]).items():
         try:
             array = group[path]
         except KeyError:
@@ -278,8 +280,18 @@ def _read_or_none(array: zarr.Array) -> np.ndarray | None:
 
 
 def _check_per_clip(report: VerifyReport, group: zarr.Group, arrays: dict, spec: StoreSpec) -> None:
-    data = {name: _read_or_none(arrays[name]) for name in ("valid_tokens", "num_samples", "labels", "splits",
-                                                           "clip_ids") if name in arrays}
+    names = ("valid_tokens", "num_samples", "labels", "splits", "clip_ids", *layout.ROW_ARRAYS)
+    data = {name: _read_or_none(arrays[name]) for name in names if name in arrays}
+    for name in ("offsets", "lost_samples"):
+        values = data.get(name)
+        if values is not None and (values < 0).any():
+            report.add(name, f"{int((values < 0).sum())} negative value(s)")
+    lost, samples = data.get("lost_samples"), data.get("num_samples")
+    if lost is not None and samples is not None and (lost > samples).any():
+        report.add("lost_samples", "more samples cropped than the row's audio has (num_samples)")
+    recordings = data.get("recording_ids")
+    if recordings is not None and any(not str(name) for name in recordings.tolist()):
+        report.add("recording_ids", "empty recording ids")
     valid = data.get("valid_tokens")
     if valid is not None and ((valid < 0) | (valid > spec.num_tokens)).any():
         rows = np.flatnonzero((valid < 0) | (valid > spec.num_tokens))

@@ -97,10 +97,16 @@ def create_store(
     provenance: dict,
     fingerprint: str,
     skipped: Sequence[dict] = (),
+    rows: RowInfo | None = None,
 ) -> zarr.Group:
-    """Create an empty store (status "writing") with every per-clip array except the tokens filled in."""
+    """Create an empty store (status "writing") with every per-clip array except the tokens filled in.
+
+    `rows` gives each row's recording, offset and cropped samples (default: every row its own whole recording).
+    """
+    rows = rows or RowInfo.whole(clip_ids)
     try:
-        return _create_store(path, spec, clip_ids, labels, split_codes, num_samples, provenance, fingerprint, skipped)
+        return _create_store(path, spec, clip_ids, labels, split_codes, num_samples, provenance, fingerprint, skipped,
+                             rows)
     except OSError as error:
         if error.errno == errno.ENOSPC:
             raise disk_full_error(str(path), error) from error
@@ -124,7 +130,7 @@ def create_layer_arrays(group: zarr.Group, spec: StoreSpec, layer: int) -> None:
         )
 
 
-def _create_store(path, spec, clip_ids, labels, split_codes, num_samples, provenance, fingerprint, skipped):
+def _create_store(path, spec, clip_ids, labels, split_codes, num_samples, provenance, fingerprint, skipped, rows):
     group = urls.open_group(path, mode="w-")
     n = spec.n_clips
     codecs = _codecs(spec.compression)
@@ -141,6 +147,7 @@ def _create_store(path, spec, clip_ids, labels, split_codes, num_samples, proven
     )[:] = labels
     group.create_array("splits", shape=(n,), dtype="uint8", **small)[:] = split_codes
     group.create_array("clip_ids", shape=(n,), dtype=str, **small)[:] = np.asarray(clip_ids, dtype=str)
+    write_row_arrays(group, rows, small)
     # Markers start absent (read as 0); each is written once its chunk's data is stored.
     group.create_array(
         "chunk_done", shape=(spec.n_chunks,), dtype="uint8", chunks=(1,), fill_value=0, compressors=codecs
@@ -157,15 +164,41 @@ def _create_store(path, spec, clip_ids, labels, split_codes, num_samples, proven
     return group
 
 
+@dataclass
+class RowInfo:
+    """Where each stored row comes from: its recording (manifest clip), first sample there, samples cropped away."""
+
+    recording_ids: list[str]
+    offsets: np.ndarray
+    lost_samples: np.ndarray
+
+    @classmethod
+    def whole(cls, clip_ids: Sequence[str]) -> RowInfo:
+        """Every row is a whole recording, nothing cropped."""
+        n = len(clip_ids)
+        return cls(list(clip_ids), np.zeros(n, np.int64), np.zeros(n, np.int64))
+
+
+def write_row_arrays(group: zarr.Group, rows: RowInfo, array_options: dict) -> None:
+    """Create and fill the format-2 row arrays (recording_ids, offsets, lost_samples)."""
+    n = len(rows.recording_ids)
+    group.create_array("recording_ids", shape=(n,), dtype=str, **array_options)[:] = np.asarray(
+        rows.recording_ids, dtype=str)
+    group.create_array("offsets", shape=(n,), dtype="int64", **array_options)[:] = np.asarray(rows.offsets, np.int64)
+    group.create_array("lost_samples", shape=(n,), dtype="int64", **array_options)[:] = np.asarray(
+        rows.lost_samples, np.int64)
+
+
 def store_attrs(group: zarr.Group) -> dict:
     """The embedcache attributes of a group, or a StoreError if it is not an embedcache store."""
     attrs = group.attrs.asdict().get(layout.ATTRS_KEY)
     if not isinstance(attrs, dict) or "layout" not in attrs:
         raise StoreError(f"{group.store}: not an embedcache token store (no '{layout.ATTRS_KEY}' attributes)")
     version = attrs.get("format_version")
-    if version != layout.FORMAT_VERSION:
+    if version not in layout.READABLE_VERSIONS:
         raise StoreError(
-            f"{group.store}: store format version {version}, this embedcache reads version {layout.FORMAT_VERSION}"
+            f"{group.store}: store format version {version!r}, this embedcache reads versions "
+            f"{', '.join(map(str, layout.READABLE_VERSIONS))}; use the embedcache release that wrote it"
         )
     return attrs
 
