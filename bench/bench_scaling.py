@@ -84,7 +84,7 @@ def main() -> None:
             })
             emit(summary, args.out)
         for clips in (int(s) for s in args.audio_sizes.split(",") if s.strip()):
-            result = bench_cache_vs_encoder.run(clips, args.encoder, {"clip_seconds": 5.0}, "protobin",
+            result = bench_cache_vs_encoder.run(clips, args.encoder, {}, "protobin",
                                                 args.audio_epochs, 32, "cpu", workdir)
             result.pop("machine")
             summary["cache_vs_encoder"].append(result)

@@ -40,14 +40,14 @@ from embedcache.store import TokenStore
 from embedcache.train import HeadBank, HeadSpec, SplitData, TrainConfig
 
 FULL = {
-    "vit": {"embed_dim": 768, "depth": 12, "num_heads": 12, "n_mels": 128, "clip_seconds": 10.0},
+    "vit": {"embed_dim": 768, "depth": 12, "num_heads": 12, "n_mels": 128}, "clip_seconds": 10.0,
     "forward_batch": 64, "forward_batches": 8, "extract_clips": 1024, "extract_batch": 64, "workers": 12,
     "store": SyntheticSpec(n_clips=20_000, grid=(64, 8), embed_dim=768, num_prefix=1, n_classes=527,
                            split_fractions=(1.0, 0.0, 0.0)),
     "prototypes_per_class": 10, "epochs": 30, "batch_size": 128, "bank_epochs": 2, "bank_k": 16,
 }
 TINY = {
-    "vit": {"embed_dim": 64, "depth": 2, "num_heads": 4, "n_mels": 128, "clip_seconds": 2.0},
+    "vit": {"embed_dim": 64, "depth": 2, "num_heads": 4, "n_mels": 128}, "clip_seconds": 2.0,
     "forward_batch": 2, "forward_batches": 2, "extract_clips": 4, "extract_batch": 2, "workers": 1,
     "store": SyntheticSpec(n_clips=96, grid=(8, 4), embed_dim=32, num_prefix=1, n_classes=12,
                            split_fractions=(1.0, 0.0, 0.0)),
@@ -73,7 +73,7 @@ def peak_gb(device: torch.device) -> float | None:
 def forward_clips_per_s(sizes: dict, device: torch.device) -> dict:
     """Forward-only clips/s of the ViT-B-sized encoder on 10 s clips, fp32 and bf16 autocast."""
     encoder = encoders.create("vit", random_init=True, **sizes["vit"]).to(device).eval()
-    num_samples = int(sizes["vit"]["clip_seconds"] * encoder.sample_rate)
+    num_samples = int(sizes["clip_seconds"] * encoder.sample_rate)
     wave = torch.randn(sizes["forward_batch"], num_samples, generator=torch.Generator().manual_seed(0)).to(device)
     result = {"grid": list(encoder.token_grid(num_samples)), "batch": sizes["forward_batch"]}
     for label, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
@@ -100,7 +100,7 @@ def write_wavs(folder: Path, count: int, seconds: float, sample_rate: int = 1600
 
 def extract_clips_per_s(sizes: dict, device: torch.device, workdir: Path) -> dict:
     """clips/s of the extract stage (decode workers, forward, chunk writes) in fp32 and bf16 autocast."""
-    manifest = write_wavs(workdir / "wavs", sizes["extract_clips"], sizes["vit"]["clip_seconds"])
+    manifest = write_wavs(workdir / "wavs", sizes["extract_clips"], sizes["clip_seconds"])
     result = {"clips": sizes["extract_clips"], "batch": sizes["extract_batch"], "workers": sizes["workers"]}
     for label, mode in (("fp32", "none"), ("bf16", "bf16")):
         config = ExtractConfig(

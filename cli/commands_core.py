@@ -55,7 +55,12 @@ def encoders_command(seconds: float, as_json: bool) -> None:
 @click.option("--compression", type=click.Choice(["zstd", "none"]), default="zstd", show_default=True)
 @click.option("--batch-size", default=16, show_default=True, help="Clips per forward pass (aligned to chunks).")
 @click.option("--chunk-clips", type=int, help="Clips per stored chunk (default: about 4 MB per chunk).")
-@click.option("--clip-seconds", type=float, help="Crop/pad every clip to this length (default: the encoder's).")
+@click.option("--max-seconds", type=float,
+              help="Crop clips longer than this (default: a fixed-length encoder's input, else 30 s); cropped clips "
+                   "are counted and listed.")
+@click.option("--clip-seconds", type=float, hidden=True, help="Old name of --max-seconds.")
+@click.option("--window", type=float, help="Cut every recording into rows of this many seconds (nothing is cropped).")
+@click.option("--hop", type=float, help="Seconds between window starts (default: --window, no overlap).")
 @click.option("--workers", type=int, help="Decoding worker processes (default: min(4, cores - 1)).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--autocast", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True)
@@ -67,21 +72,31 @@ def extract_command(**kw) -> None:
     """Run a frozen encoder once over a manifest and cache every patch token in a Zarr store."""
     from embedcache.extract import ExtractConfig, extract
 
+    if kw["clip_seconds"] is not None and kw["max_seconds"] is not None:
+        raise ConfigError("--clip-seconds is the old name of --max-seconds: give only --max-seconds")
     config = ExtractConfig(
         encoder=kw["encoder"], manifest=kw["manifest"], out=kw["out"], checkpoint=kw["checkpoint"],
         random_init=kw["random_init"], encoder_options=_parse_options(kw["encoder_options"]), labels=kw["labels"],
         layers=kw["layers"], dtype=kw["dtype"], compression=kw["compression"], batch_size=kw["batch_size"],
-        chunk_clips=kw["chunk_clips"], clip_seconds=kw["clip_seconds"], workers=kw["workers"], device=kw["device"],
+        chunk_clips=kw["chunk_clips"], max_seconds=kw["max_seconds"] if kw["clip_seconds"] is None else kw[
+            "clip_seconds"], window=kw["window"], hop=kw["hop"], workers=kw["workers"], device=kw["device"],
         autocast=kw["autocast"], skip_bad=kw["skip_bad"], shard=_parse_shard(kw["shard"]),
         overwrite=kw["overwrite"], progress=not kw["no_progress"],
     )
     report = extract(config)
+    click.echo(final_line(report))
+
+
+def final_line(report) -> str:
+    """What `extract` prints last: rows written, speed, completeness, skipped and cropped clips."""
     state = "complete" if report.complete else "partial (other shards still to run)"
-    click.echo(
-        f"{report.store}: {report.clips_written} clips extracted in {report.seconds:.1f} s "
-        f"({report.clips_per_second:.1f} clips/s on {report.device}); store {state}; "
-        f"{len(report.skipped)} bad row(s) skipped"
-    )
+    rows = f"{report.clips_written} rows" if report.n_clips != report.recordings else f"{report.clips_written} clips"
+    text = (f"{report.store}: {rows} extracted in {report.seconds:.1f} s ({report.clips_per_second:.1f}/s on "
+            f"{report.device}); store {state}; {len(report.skipped)} bad row(s) skipped; ")
+    if report.cropped:
+        return text + (f"{report.cropped} clip(s) CROPPED to {report.row_seconds:.2f} s, {report.lost_seconds:.1f} s "
+                       f"of audio lost (`embedcache info {report.store}` lists them; --window keeps them whole)")
+    return text + "nothing cropped"
 
 
 @click.command("info")

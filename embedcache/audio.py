@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -12,8 +13,8 @@ import torchaudio.functional
 
 from embedcache.errors import BadInputError
 
-# How clips are brought to an encoder's fixed length; recorded in the store's provenance.
-LENGTH_POLICY = {"crop": "keep start", "pad": "zeros at end"}
+# Target-rate samples decoded on each side of a segment before resampling (the sinc kernel spans a few dozen).
+_RESAMPLE_MARGIN = 1024
 
 # WAV writers that stream (unknown length) put one of these in the data chunk size.
 _WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
@@ -26,6 +27,34 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         resampled = torchaudio.functional.resample(torch.from_numpy(wave), rate, sample_rate)
         wave = resampled.numpy().astype(np.float32, copy=False)
     return wave
+
+
+def load_segment(path: str | Path, sample_rate: int, start: int, length: int) -> np.ndarray:
+    """Samples [start, start + length) of the file at `sample_rate` (float32 mono; shorter at the file's end).
+
+    Only that part is decoded. When the file has another rate, a margin around it is resampled and cut, which
+    gives the samples of resampling the whole file (the resampling kernel is far shorter than the margin).
+    """
+    path = Path(path)
+    try:
+        with sf.SoundFile(path) as handle:
+            rate, frames = handle.samplerate, handle.frames
+            if rate == sample_rate:
+                handle.seek(min(start, frames))
+                data = handle.read(length, dtype="float32", always_2d=True)
+                return data.mean(axis=1, dtype=np.float32)
+            # Read from a native sample that maps onto a whole target sample, so the cut is exact.
+            step = rate // math.gcd(rate, sample_rate)
+            margin = _RESAMPLE_MARGIN * rate // sample_rate + step
+            first = max(0, (start * rate // sample_rate - margin) // step * step)
+            last = min(frames, -(-(start + length) * rate // sample_rate) + margin)
+            handle.seek(first)
+            data = handle.read(max(0, last - first), dtype="float32", always_2d=True).mean(axis=1, dtype=np.float32)
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as error:
+        raise BadInputError(f"{path}: cannot read ({_short(error)})", problems=[(str(path), _short(error))]) from None
+    resampled = torchaudio.functional.resample(torch.from_numpy(data), rate, sample_rate).numpy()
+    offset = first * sample_rate // rate
+    return resampled[start - offset : start - offset + length].astype(np.float32, copy=False)
 
 
 def check_audio(path: str | Path) -> str | None:

@@ -26,9 +26,11 @@ from embedcache.checkpoints import sha256_file
 from embedcache.datasets import Manifest, find_bad_rows
 from embedcache.device import resolve_device
 from embedcache.errors import BadInputError, ConfigError, StoreError
+from embedcache.rows import DEFAULT_MAX_SECONDS, RowPlan, plan_clips, plan_windows
 from embedcache.store import layout, urls
 from embedcache.store.writer import (
     BackgroundChunkWriter,
+    RowInfo,
     StoreSpec,
     create_store,
     fingerprint_of,
@@ -56,7 +58,9 @@ class ExtractConfig:
     compression: str = "zstd"
     batch_size: int = 16
     chunk_clips: int | None = None
-    clip_seconds: float | None = None
+    max_seconds: float | None = None
+    window: float | None = None
+    hop: float | None = None
     workers: int | None = None
     device: str = "auto"
     autocast: str = "none"
@@ -79,30 +83,40 @@ class ExtractReport:
     device: str
     skipped: list[dict]
     complete: bool
+    recordings: int = 0
+    cropped: int = 0
+    lost_seconds: float = 0.0
+    row_seconds: float = 0.0
 
     @property
     def clips_per_second(self) -> float:
         return self.clips_written / self.seconds if self.seconds > 0 else float("nan")
 
 
-class _ClipDataset(torch.utils.data.Dataset):
-    """Decodes, resamples and crops/pads one clip; runs in DataLoader worker processes."""
+class _RowDataset(torch.utils.data.Dataset):
+    """Decodes (and resamples) the samples of one row; runs in DataLoader worker processes."""
 
-    def __init__(self, paths: list[Path], sample_rate: int, num_samples: int):
-        self.paths, self.sample_rate, self.num_samples = paths, sample_rate, num_samples
+    def __init__(self, paths: list[Path], plan: RowPlan, sample_rate: int):
+        self.paths, self.plan, self.sample_rate = paths, plan, sample_rate
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return self.plan.n_rows
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, int]:
-        wave = audio.load_audio(self.paths[index], self.sample_rate)
-        wave, n_real = audio.fit_length(wave, self.num_samples)
-        return index, torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), n_real
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        plan = self.plan
+        path = self.paths[int(plan.clip[index])]
+        wave = audio.load_segment(path, self.sample_rate, int(plan.offsets[index]), int(plan.lengths[index]))
+        return index, torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
 
 
-def _collate(items: list) -> tuple[list[int], torch.Tensor, list[int]]:
-    indices, waves, n_real = zip(*items)
-    return list(indices), torch.stack(waves), list(n_real)
+def _collate(items: list) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """Rows zero-padded at the end to the longest in the batch, and each row's real length."""
+    indices, waves = zip(*items)
+    lengths = torch.tensor([max(1, len(wave)) for wave in waves])
+    batch = torch.zeros(len(waves), int(lengths.max()))
+    for row, wave in enumerate(waves):
+        batch[row, : len(wave)] = wave
+    return list(indices), batch, lengths
 
 
 def _autocast_context(device: torch.device, mode: str):
@@ -123,11 +137,46 @@ def real_lengths(manifest: Manifest, sample_rate: int) -> np.ndarray:
     return np.asarray(lengths, np.int64)
 
 
-def clip_num_samples(lengths: np.ndarray, sample_rate: int, clip_seconds: float | None) -> int:
-    """Samples every clip is cropped/padded to: clip_seconds, or the longest clip when None."""
-    if clip_seconds is not None:
-        return int(round(clip_seconds * sample_rate))
-    return int(lengths.max())
+def plan_rows(config: ExtractConfig, encoder: encoders.Encoder, lengths: np.ndarray) -> RowPlan:
+    """The store's rows for clips of `lengths` samples: windows (--window), or one row per clip cropped at
+    --max-seconds (default: a fixed-length encoder's input, else DEFAULT_MAX_SECONDS)."""
+    rate, fixed = encoder.sample_rate, encoder.max_input_samples()
+    fixed_text = f"{encoder.name}'s fixed input of {fixed / rate:.3f} s" if fixed else ""
+    if config.window is not None:
+        if config.max_seconds is not None:
+            raise ConfigError("--window and --max-seconds exclude each other: windows already bound every row")
+        window = round(config.window * rate)
+        hop = round((config.hop if config.hop is not None else config.window) * rate)
+        if window < encoder.min_samples() or hop < 1:
+            raise ConfigError(f"--window {config.window:g} / --hop {config.hop}: use a window of at least "
+                              f"{encoder.min_samples() / rate:.3f} s and a positive hop")
+        if fixed is not None and window > fixed:
+            raise ConfigError(f"--window {config.window:g}: longer than {fixed_text}; use --window "
+                              f"{math.floor(fixed / rate * 100) / 100:g} or less")
+        return plan_windows(lengths, window, hop)
+    if config.hop is not None:
+        raise ConfigError("--hop needs --window")
+    limit = None
+    if config.max_seconds is not None:
+        if config.max_seconds <= 0:
+            raise ConfigError(f"--max-seconds {config.max_seconds:g}: must be positive")
+        limit = round(config.max_seconds * rate)
+        if fixed is not None and limit > fixed:
+            raise ConfigError(f"--max-seconds {config.max_seconds:g}: longer than {fixed_text}; keep long "
+                              f"recordings whole with --window {math.floor(fixed / rate * 100) / 100:g} instead")
+    elif fixed is None:
+        limit = round(DEFAULT_MAX_SECONDS * rate)
+    return plan_clips(lengths, limit, fixed)
+
+
+def too_short(manifest: Manifest, lengths: np.ndarray, encoder: encoders.Encoder) -> list[tuple[str, str]]:
+    """(clip id, reason) of every clip too short to give the encoder one token."""
+    minimum, rate = encoder.min_samples(), encoder.sample_rate
+    return [
+        (clip.clip_id, f"too short for {encoder.name} ({length / rate:.3f} s; it needs at least "
+                       f"{minimum / rate:.3f} s for one token)")
+        for clip, length in zip(manifest.clips, lengths.tolist(), strict=True) if length < minimum
+    ]
 
 
 def align_batches(chunk_clips: int, batch_size: int) -> tuple[int, int]:
@@ -176,7 +225,8 @@ def _provenance(config: ExtractConfig, encoder: encoders.Encoder, manifest: Mani
         "frontend": encoder.frontend_config(),
         "layers": extra["layers"],
         "dtype": config.dtype,
-        "clip_policy": {"num_samples": extra["num_samples"], "sample_rate": encoder.sample_rate, **audio.LENGTH_POLICY},
+        "clip_policy": {**extra["plan"].describe(), "sample_rate": encoder.sample_rate,
+                        "max_samples": extra["max_samples"], "semantics": encoder.clip_semantics()},
         "manifest": {"path": str(manifest.source), "sha256": manifest.sha256},
         "batch_size": extra["batch_size"],
         "autocast": config.autocast,
@@ -221,7 +271,8 @@ def _shard_manifest(config: ExtractConfig) -> tuple[Manifest, list[tuple[str, st
     attrs = store_attrs(_wait_for_store(str(config.out), config.wait_for_store_s))
     parsed, _ = find_bad_rows(config.manifest, config.labels, decode=False)
     by_id = {clip.clip_id: clip for clip in parsed.clips}
-    stored_ids = zarr.open_group(store=urls.open_store(str(config.out), "r"), mode="r")["clip_ids"][:].tolist()
+    group = zarr.open_group(store=urls.open_store(str(config.out), "r"), mode="r")
+    stored_ids = list(dict.fromkeys(group["recording_ids"][:].tolist()))
     missing = [clip_id for clip_id in stored_ids if clip_id not in by_id]
     if missing:
         raise StoreError(
@@ -230,6 +281,20 @@ def _shard_manifest(config: ExtractConfig) -> tuple[Manifest, list[tuple[str, st
         )
     manifest = Manifest([by_id[clip_id] for clip_id in stored_ids], parsed.label_names, parsed.source, parsed.sha256)
     return manifest, [(item["clip_id"], item["reason"]) for item in attrs.get("skipped", [])]
+
+
+def _with_default_checkpoint(config: ExtractConfig) -> ExtractConfig:
+    """`--encoder whisper` without --checkpoint uses the demo extra's tiny.en when it is installed, and says so."""
+    if config.encoder != "whisper" or config.checkpoint is not None or config.random_init:
+        return config
+    from embedcache.encoders.whisper import find_demo_whisper_checkpoint
+
+    found = find_demo_whisper_checkpoint()
+    if found is None:
+        return config  # the factory explains what to pass
+    if config.progress:
+        tqdm.write(f"whisper: no --checkpoint given, using the demo extra's tiny.en: {found}", file=sys.stderr)
+    return replace(config, checkpoint=str(found))
 
 
 def extract(config: ExtractConfig) -> ExtractReport:
@@ -244,6 +309,7 @@ def extract(config: ExtractConfig) -> ExtractReport:
             config = replace(config, device=f"cuda:{local_rank}")
         distributed.init()
     device = resolve_device(config.device)
+    config = _with_default_checkpoint(config)
     encoder = encoders.create(
         config.encoder, checkpoint=config.checkpoint, random_init=config.random_init, **config.encoder_options
     )
@@ -258,21 +324,27 @@ def extract(config: ExtractConfig) -> ExtractReport:
     else:
         distributed.barrier()  # pairs with rank 0's barrier once the store exists
         manifest, bad = _shard_manifest(config)
+    lengths = real_lengths(manifest, encoder.sample_rate)
+    short = too_short(manifest, lengths, encoder)
+    bad = list(bad) + short
     if bad and not config.skip_bad:
         raise BadInputError(
             f"{config.manifest}: {len(bad)} bad row(s); nothing was extracted. Fix them, or pass --skip-bad "
             "to record them in the store and extract the rest",
             bad,
         )
+    if short:
+        names = {clip_id for clip_id, _ in short}
+        keep = [index for index, clip in enumerate(manifest.clips) if clip.clip_id not in names]
+        manifest = Manifest([manifest.clips[i] for i in keep], manifest.label_names, manifest.source, manifest.sha256)
+        lengths = lengths[keep]
     if not manifest.clips:
         raise BadInputError(f"{config.manifest}: no usable clips", bad)
     skipped = [{"clip_id": clip_id, "reason": reason} for clip_id, reason in bad]
-
-    clip_seconds = config.clip_seconds if config.clip_seconds is not None else encoder.clip_seconds
-    lengths = real_lengths(manifest, encoder.sample_rate)
-    num_samples = clip_num_samples(lengths, encoder.sample_rate, clip_seconds)
-    n_time, n_freq = encoder.token_grid(num_samples)
-    n_clips = len(manifest.clips)
+    plan = plan_rows(config, encoder, lengths)
+    n_time, n_freq = encoder.token_grid(plan.capacity)
+    n_clips = plan.n_rows
+    row_ids = plan.row_ids([c.clip_id for c in manifest.clips])
     chunk_clips = config.chunk_clips or layout.choose_chunk_clips(
         n_time * n_freq, encoder.embed_dim, config.dtype, n_clips
     )
@@ -285,7 +357,8 @@ def extract(config: ExtractConfig) -> ExtractReport:
         "layers": layers,
         "dtype": config.dtype,
         "compression": config.compression,
-        "num_samples": num_samples,
+        "num_samples": plan.capacity,
+        "rows": plan.describe(),
         "manifest_sha256": manifest.sha256,
         "skipped": skipped,
         "chunk_clips": chunk_clips,
@@ -309,14 +382,16 @@ def extract(config: ExtractConfig) -> ExtractReport:
         if group is None:
             _check_disk(out, spec.token_nbytes())
             provenance = _provenance(config, encoder, manifest, {
-                "device": str(device), "checkpoint_sha256": checkpoint_sha, "layers": layers,
-                "num_samples": num_samples, "batch_size": batch_size, "fingerprint_fields": fingerprint_fields,
+                "device": str(device), "checkpoint_sha256": checkpoint_sha, "layers": layers, "plan": plan,
+                "max_samples": None if config.max_seconds is None else round(config.max_seconds * encoder.sample_rate),
+                "batch_size": batch_size, "fingerprint_fields": fingerprint_fields,
             })
             split_names = spec.split_names
+            clip_splits = np.array([split_names.index(c.split) for c in manifest.clips], np.uint8)
+            rows = RowInfo([manifest.clips[c].clip_id for c in plan.clip], plan.offsets, plan.lost)
             group = create_store(
-                out, spec, [c.clip_id for c in manifest.clips], manifest.label_matrix(),
-                np.array([split_names.index(c.split) for c in manifest.clips], np.uint8),
-                lengths, provenance, fingerprint, skipped,
+                out, spec, row_ids, manifest.label_matrix()[plan.clip], clip_splits[plan.clip],
+                plan.num_samples, provenance, fingerprint, skipped, rows,
             )
         distributed.barrier()  # under torchrun: every rank opens the store only after rank 0 made it
     if group is None:
@@ -325,12 +400,37 @@ def extract(config: ExtractConfig) -> ExtractReport:
         open_for_resume(out, fingerprint, fingerprint_fields)
 
     if config.progress:
-        tqdm.write(
-            f"{out}: {n_clips} clips x {len(layers)} layer(s) x [T={spec.num_tokens}, D={spec.embed_dim}] "
-            f"{config.dtype} = about {spec.token_nbytes() / 1e9:.3f} GB before compression",
-            file=sys.stderr,
-        )
-    return _run(config, encoder, manifest, spec, group, device, workers, batch_size, skipped)
+        tqdm.write(describe_cost(out, spec, plan, encoder), file=sys.stderr)
+    if shard_index != 0 and row_ids != group["clip_ids"][:].tolist():
+        raise StoreError(f"{out}: this shard's rows differ from the store's; every shard must be given the "
+                         "manifest, --window/--hop and --max-seconds shard 0 used")
+    report = _run(config, encoder, manifest, plan, spec, group, device, workers, batch_size, skipped)
+    rate = encoder.sample_rate
+    report.recordings = len(manifest.clips)
+    report.cropped = int((plan.lost > 0).sum())
+    report.lost_seconds = float(plan.lost.sum() / rate)
+    report.row_seconds = plan.capacity / rate
+    return report
+
+
+def describe_cost(out: str, spec: StoreSpec, plan: RowPlan, encoder: encoders.Encoder) -> str:
+    """What the store will cost, said before anything is written: rows, their length, padding, cropping, bytes."""
+    rate = encoder.sample_rate
+    rows = f"{spec.n_clips} rows" + (f" ({plan.window / rate:g} s windows, hop {plan.hop / rate:g} s)"
+                                     if plan.window else "")
+    valid = sum(encoder.valid_tokens(int(n), plan.capacity) for n in plan.lengths)
+    padding = 1.0 - valid / max(1, spec.n_clips * spec.num_tokens)
+    lines = [
+        f"{out}: {rows} x {len(spec.layers)} layer(s) x [T={spec.num_tokens}, D={spec.embed_dim}] {spec.dtype} = "
+        f"about {spec.token_nbytes() / 1e9:.3f} GB before compression",
+        f"  each row holds {plan.capacity / rate:.2f} s (longest clip {plan.num_samples.max() / rate:.2f} s, median "
+        f"{np.median(plan.num_samples) / rate:.2f} s); {padding:.0%} of token slots are padding (stored as zeros)",
+    ]
+    cropped = int((plan.lost > 0).sum())
+    if cropped:
+        lines.append(f"  {cropped} clip(s) are longer than {plan.capacity / rate:.2f} s and will be cropped, losing "
+                     f"{plan.lost.sum() / rate:.1f} s of audio; --window SECONDS keeps long recordings whole")
+    return "\n".join(lines)
 
 
 def _pending_batches(spec: StoreSpec, group: zarr.Group, batch_size: int, shard: tuple[int, int]) -> list[list[int]]:
@@ -353,6 +453,7 @@ def _run(
     config: ExtractConfig,
     encoder: encoders.Encoder,
     manifest: Manifest,
+    plan: RowPlan,
     spec: StoreSpec,
     group: zarr.Group,
     device: torch.device,
@@ -370,7 +471,7 @@ def _run(
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
         encoder.to(device)
-        dataset = _ClipDataset([c.path for c in manifest.clips], encoder.sample_rate, _num_samples(group))
+        dataset = _RowDataset([c.path for c in manifest.clips], plan, encoder.sample_rate)
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
             pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
@@ -378,15 +479,13 @@ def _run(
         )
         writer = BackgroundChunkWriter(group, spec)
         buffer = _ChunkBuffer(spec)
-        bar = tqdm(total=n_todo, unit="clip", disable=not config.progress, desc=f"extract {config.encoder}",
+        bar = tqdm(total=n_todo, unit="row", disable=not config.progress, desc=f"extract {config.encoder}",
                    file=sys.stderr, dynamic_ncols=True)
         try:
-            for indices, waves, n_real in loader:
+            for indices, waves, lengths in loader:
                 with torch.inference_mode(), _autocast_context(device, config.autocast):
-                    output = encoder(waves.to(device, non_blocking=True), spec.layers)
-                _check_output(output, spec, config.encoder)
-                valid = [encoder.valid_tokens(n, waves.shape[-1]) for n in n_real]
-                for chunk, payload in buffer.add(indices, output, valid):
+                    tokens, prefix, valid = encode_rows(encoder, waves.to(device, non_blocking=True), lengths, spec)
+                for chunk, payload in buffer.add(indices, tokens, prefix, valid):
                     writer.submit(chunk, *payload)
                     chunks_written += 1
                 bar.update(len(indices))
@@ -401,17 +500,47 @@ def _run(
     )
 
 
-def _num_samples(group: zarr.Group) -> int:
-    return int(store_attrs(group)["provenance"]["clip_policy"]["num_samples"])
+def encode_rows(
+    encoder: encoders.Encoder, waves: torch.Tensor, lengths: torch.Tensor, spec: StoreSpec
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], list[int]]:
+    """Tokens [B, T, D] per layer on the store's grid for a zero-padded batch of rows with real `lengths`: each row's
+    tokens are those of the row alone, zeros past its valid tokens. Also prefix tokens [B, P, D] per layer and each
+    row's valid token count.
+
+    Encoders that take real lengths see the whole batch; others see runs of equal-length rows only.
+    """
+    if encoder.supports_lengths:
+        groups = [(list(range(len(lengths))), encoder(waves, spec.layers, lengths))]
+    else:
+        groups = []
+        for length in sorted(set(lengths.tolist())):
+            members = [row for row, value in enumerate(lengths.tolist()) if value == length]
+            groups.append((members, encoder(waves[members, :length], spec.layers)))
+    tokens = {layer: waves.new_zeros((len(lengths), spec.num_tokens, spec.embed_dim)) for layer in spec.layers}
+    prefix = {layer: waves.new_zeros((len(lengths), spec.num_prefix, spec.embed_dim)) for layer in spec.layers}
+    valid = [0] * len(lengths)
+    for members, output in groups:
+        _check_output(output, spec, encoder.name)
+        for row, member in enumerate(members):
+            length = int(lengths[member])
+            valid[member] = encoder.valid_tokens(length, waves.shape[-1] if encoder.supports_lengths else length)
+            for layer in spec.layers:
+                tokens[layer][member, : valid[member]] = output.layers[layer][row, : valid[member]]
+                if spec.num_prefix:
+                    prefix[layer][member] = output.prefix[layer][row]
+    return tokens, prefix, valid
 
 
 def _check_output(output: encoders.EncoderOutput, spec: StoreSpec, name: str) -> None:
+    """A batch's grid may be shorter in time than the store's rows (shorter clips), never wider or longer."""
+    n_time, n_freq = output.grid
     for layer in spec.layers:
         got = tuple(output.layers[layer].shape[1:])
-        if got != (spec.num_tokens, spec.embed_dim) or tuple(output.grid) != tuple(spec.grid):
+        if n_freq != spec.grid[1] or n_time > spec.grid[0] or got != (n_time * n_freq, spec.embed_dim):
             raise ConfigError(
                 f"encoder {name}: layer {layer} gave tokens {got} on grid {output.grid}, but its token_grid/embed_dim "
-                f"promised {(spec.num_tokens, spec.embed_dim)} on grid {spec.grid}; the encoder is inconsistent"
+                f"promised at most {(spec.num_tokens, spec.embed_dim)} on grid {spec.grid}; the encoder is "
+                "inconsistent"
             )
 
 
@@ -422,10 +551,10 @@ class _ChunkBuffer:
         self.spec = spec
         self._parts: dict[int, list] = {}
 
-    def add(self, indices: list[int], output: encoders.EncoderOutput, valid: list[int]):
+    def add(self, indices: list[int], tokens: dict, prefix: dict, valid: list[int]):
         spec = self.spec
-        tokens = {layer: layout.to_stored(output.layers[layer], spec.dtype) for layer in spec.layers}
-        prefix = {layer: layout.to_stored(output.prefix[layer], spec.dtype) for layer in spec.layers} \
+        tokens = {layer: layout.to_stored(tokens[layer], spec.dtype) for layer in spec.layers}
+        prefix = {layer: layout.to_stored(prefix[layer], spec.dtype) for layer in spec.layers} \
             if spec.num_prefix else {}
         for row, index in enumerate(indices):
             chunk = index // spec.chunk_clips

@@ -97,6 +97,24 @@ def eat_fbank_config(target_frames: int | None = 1024) -> KaldiFbankConfig:
     return KaldiFbankConfig(mean=-4.268, std=4.569, target_frames=target_frames)
 
 
+def clip_lengths(wave: torch.Tensor, lengths: torch.Tensor | None) -> list[int]:
+    """Each clip's real length in samples: `lengths` [B], or the whole padded width when None."""
+    if lengths is None:
+        return [wave.shape[-1]] * wave.shape[0]
+    values = [int(n) for n in lengths.tolist()]
+    if len(values) != wave.shape[0] or min(values) < 1 or max(values) > wave.shape[-1]:
+        raise ConfigError(
+            f"lengths {values[:8]} do not fit a waveform batch of shape {tuple(wave.shape)}: one per clip, 1..S"
+        )
+    return values
+
+
+def pad_frames(rows: list[torch.Tensor], frames: int | None = None) -> torch.Tensor:
+    """Stack per-clip features [frames_b, bins] into [B, frames, bins], zero-padding at the end."""
+    frames = max(row.shape[0] for row in rows) if frames is None else frames
+    return torch.stack([F.pad(row, (0, 0, 0, frames - row.shape[0])) for row in rows])
+
+
 class KaldiFbank(torch.nn.Module):
     """Waveform batch [B, S] -> normalised Kaldi fbank [B, frames, num_mel_bins], one clip at a time like Kaldi."""
 
@@ -104,44 +122,58 @@ class KaldiFbank(torch.nn.Module):
         super().__init__()
         self.config = config
 
+    def clip_log_mel(self, clip: torch.Tensor) -> torch.Tensor:
+        """Un-normalised, un-padded log-mel [raw_frames, num_mel_bins] of one clip [S] (the Kaldi output itself)."""
+        cfg = self.config
+        if clip.shape[-1] < cfg.window_samples:
+            raise ConfigError(
+                f"kaldi fbank: a clip of {clip.shape[-1]} samples is shorter than one "
+                f"{cfg.frame_length_ms} ms frame ({cfg.window_samples} samples); give longer clips"
+            )
+        clip = clip.float() * cfg.waveform_scale
+        if cfg.remove_waveform_mean:
+            clip = clip - clip.mean()
+        return kaldi.fbank(
+            clip.unsqueeze(0),
+            htk_compat=cfg.htk_compat,
+            sample_frequency=cfg.sample_rate,
+            use_energy=False,
+            window_type=cfg.window_type,
+            num_mel_bins=cfg.num_mel_bins,
+            dither=0.0,
+            frame_length=cfg.frame_length_ms,
+            frame_shift=cfg.frame_shift_ms,
+        )
+
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        """Un-normalised, un-padded log-mel [B, raw_frames, num_mel_bins] (the Kaldi output itself)."""
+        """Un-normalised, un-padded log-mel [B, raw_frames, num_mel_bins] of equal-length clips."""
+        if wave.dim() != 2:
+            raise ConfigError(f"kaldi fbank expects a waveform batch [B, S], got shape {tuple(wave.shape)}")
+        return torch.stack([self.clip_log_mel(item) for item in wave])
+
+    def features(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
+        """Normalised features [B, frames, bins] of each clip's real samples, and each clip's real frame count.
+
+        With `target_frames` every clip is zero-padded (in the log domain, before normalisation, as the official
+        dataloaders pad) or cropped to it; without, clips are padded to the longest with zeros after normalisation
+        (padding the caller masks).
+        """
         cfg = self.config
         if wave.dim() != 2:
             raise ConfigError(f"kaldi fbank expects a waveform batch [B, S], got shape {tuple(wave.shape)}")
-        if wave.shape[-1] < cfg.window_samples:
-            raise ConfigError(
-                f"kaldi fbank: a clip of {wave.shape[-1]} samples is shorter than one "
-                f"{cfg.frame_length_ms} ms frame ({cfg.window_samples} samples); pad the audio or set clip_seconds"
-            )
-        rows = []
-        for item in wave.float():
-            item = item * cfg.waveform_scale
-            if cfg.remove_waveform_mean:
-                item = item - item.mean()
-            rows.append(
-                kaldi.fbank(
-                    item.unsqueeze(0),
-                    htk_compat=cfg.htk_compat,
-                    sample_frequency=cfg.sample_rate,
-                    use_energy=False,
-                    window_type=cfg.window_type,
-                    num_mel_bins=cfg.num_mel_bins,
-                    dither=0.0,
-                    frame_length=cfg.frame_length_ms,
-                    frame_shift=cfg.frame_shift_ms,
-                )
-            )
-        return torch.stack(rows)
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        fbank = self.log_mel(wave)
+        rows, frames = [], []
+        for item, length in zip(wave, clip_lengths(wave, lengths), strict=True):
+            fbank = self.clip_log_mel(item[:length])
+            if cfg.target_frames is not None:
+                fbank = F.pad(fbank, (0, 0, 0, max(0, cfg.target_frames - fbank.shape[0])))[: cfg.target_frames]
+            rows.append((fbank - cfg.mean) / (cfg.std * cfg.std_factor))
+            frames.append(min(cfg.raw_frames(length), cfg.target_frames or cfg.raw_frames(length)))
         if cfg.target_frames is not None:
-            missing = cfg.target_frames - fbank.shape[1]
-            # Zeros in the log domain, before normalisation, as the official dataloaders pad.
-            fbank = F.pad(fbank, (0, 0, 0, missing)) if missing > 0 else fbank[:, : cfg.target_frames]
-        return (fbank - cfg.mean) / (cfg.std * cfg.std_factor)
+            return torch.stack(rows), frames
+        return pad_frames(rows), frames
+
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.features(wave, lengths)[0]
 
 
 @dataclass(frozen=True)
@@ -179,6 +211,11 @@ class MelDbConfig:
     def num_frames(self, num_samples: int) -> int:
         return self.raw_frames(num_samples)
 
+    @property
+    def min_samples(self) -> int:
+        """The reflect padding of a centred STFT needs more than n_fft // 2 samples."""
+        return self.n_fft // 2 + 1
+
     def describe(self) -> dict:
         """JSON-able description recorded in the store's provenance."""
         fields = dataclasses.asdict(self)
@@ -215,12 +252,9 @@ class MelDb(torch.nn.Module):
             f_max=config.f_max,
         )
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def _db(self, wave: torch.Tensor) -> torch.Tensor:
+        """[B, S] (equal lengths) -> [B, frames, n_mels]."""
         cfg = self.config
-        if wave.dim() != 2:
-            raise ConfigError(
-                f"mel-dB front end expects a waveform batch [B, S], got shape {tuple(wave.shape)}"
-            )
         power = self.mel(wave.float())  # [B, M, frames]
         db = 10.0 * torch.log10(power.clamp(min=1e-10))
         if cfg.top_db is not None:
@@ -230,6 +264,23 @@ class MelDb(torch.nn.Module):
             low, high = cfg.minmax
             db = (db - low) / (high - low) * 2 - 1
         return db.transpose(1, 2)
+
+    def features(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
+        """Features of each clip's real samples (reflect-padded at its own edges, floored at its own peak),
+        zero-padded at the end to the longest clip, and each clip's real frame count."""
+        if wave.dim() != 2:
+            raise ConfigError(
+                f"mel-dB front end expects a waveform batch [B, S], got shape {tuple(wave.shape)}"
+            )
+        sizes = clip_lengths(wave, lengths)
+        if lengths is None or len(set(sizes)) == 1:
+            features = self._db(wave[:, : sizes[0]])
+            return features, [features.shape[1]] * wave.shape[0]
+        rows = [self._db(item[None, :length])[0] for item, length in zip(wave, sizes, strict=True)]
+        return pad_frames(rows), [row.shape[0] for row in rows]
+
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.features(wave, lengths)[0]
 
 
 def dasheng_mel_config(

@@ -61,7 +61,7 @@ def run_quickstart(
     store = Path(out_dir) / f"sample-{encoder}.zarr"
     report = extract(ExtractConfig(
         encoder=encoder, checkpoint=checkpoint, manifest=str(manifest), out=str(store), progress=progress,
-        overwrite=True, clip_seconds=SAMPLE_CLIP_SECONDS,
+        overwrite=True,
     ))
     log(f"store: {store} ({report.clips_written} clips in {report.seconds:.1f} s, "
         f"{report.clips_per_second:.1f} clips/s on {report.device})")

@@ -58,3 +58,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def lightning_attribute_dict(monkeypatch):
+    """A stand-in for pytorch_lightning's AttributeDict, importable only while the test pickles it."""
+    import sys
+    import types
+
+    names = ["pytorch_lightning", "pytorch_lightning.utilities", "pytorch_lightning.utilities.parsing"]
+    modules = {name: types.ModuleType(name) for name in names}
+    attribute_dict = type("AttributeDict", (dict,), {"__module__": names[-1]})
+    modules[names[-1]].AttributeDict = attribute_dict
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return attribute_dict

@@ -8,9 +8,9 @@ from embedcache.encoders.melpatch import MelPatch
 class SlowMelPatch(MelPatch):
     name = "slow_melpatch"
 
-    def forward(self, wave, layers=(0,)):
+    def forward(self, wave, layers=(0,), lengths=None):
         time.sleep(0.25)
-        return super().forward(wave, layers)
+        return super().forward(wave, layers, lengths)
 
 
 def create(checkpoint=None, random_init=False, **options):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from embedcache.audio import LENGTH_POLICY, check_audio, decode_mono, fit_length, load_audio
+from embedcache.audio import check_audio, decode_mono, fit_length, load_audio, load_segment
 from embedcache.errors import BadInputError
 
 
@@ -87,7 +87,19 @@ def test_fit_length_exact_and_invalid() -> None:
     assert kept == 5
     with pytest.raises(ValueError, match="positive"):
         fit_length(wave, 0)
-    assert LENGTH_POLICY == {"crop": "keep start", "pad": "zeros at end"}
+
+
+@pytest.mark.parametrize("rate", [16000, 44100, 22050, 8000])
+def test_load_segment_equals_the_same_samples_of_the_whole_resampled_file(tmp_path: Path, rate: int) -> None:
+    path = tmp_path / "a.wav"
+    noise = np.random.default_rng(rate).standard_normal(rate * 7).astype(np.float32) * 0.1
+    sf.write(path, noise, rate, subtype="FLOAT")
+    whole = load_audio(path, 16000)
+    for start, length in ((0, 16000), (12345, 50000), (100000, 80000), (len(whole) - 5000, 16000)):
+        segment = load_segment(path, 16000, start, length)
+        expected = whole[start : start + length]  # the last one runs past the end: shorter
+        assert segment.shape == expected.shape and segment.dtype == np.float32
+        np.testing.assert_allclose(segment, expected, atol=1e-6, rtol=0)
 
 
 def write_bad_file(kind: str, folder: Path) -> Path:

@@ -224,8 +224,8 @@ def test_random_init_is_seeded_and_recorded():
     assert list(out.layers) == [1]
 
 
-def test_valid_tokens_count_patches_starting_inside_real_audio():
+def test_valid_tokens_are_the_patches_of_the_clip_alone():
     encoder = encoders.create("beats", random_init=True, **TINY)
-    # 3 s real in a 10 s clip: 298 real frames -> patches starting at frames 0, 16, ..., 288 -> 19 of 62.
-    assert encoder.valid_tokens(48000, 160000) == 19 * 8
+    # 3 s real in a 10 s batch: alone it has 298 frames -> 18 whole patches (the fixture's official 18 x 8 grid).
+    assert encoder.valid_tokens(48000, 160000) == 18 * 8
     assert encoder.valid_tokens(160000, 160000) == 62 * 8

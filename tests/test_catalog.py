@@ -26,8 +26,8 @@ from embedcache.errors import ConfigError
 from embedcache_cli.commands_core import encoders_command
 
 TEN_S = 160000
-SHAPE_FIELDS = ("sample_rate", "frontend", "n_mels", "frontend_config", "clip_seconds", "clip_policy", "grid",
-                "tokens", "prefix")
+SHAPE_FIELDS = ("sample_rate", "frontend", "n_mels", "frontend_config", "max_input_seconds", "min_seconds",
+                "clip_semantics", "clip_policy", "grid", "tokens", "prefix")
 
 
 @pytest.fixture(scope="module")
@@ -114,21 +114,33 @@ def test_weightless_and_random_vit_rows(rows, name):
     assert output.layers[0].shape[2] == rows[name]["embed_dim"]
 
 
-def test_clip_policy_words_come_from_each_encoder_settings(rows):
-    assert rows["atst_frame"]["clip_policy"] == "crop/pad to 10 s; longer inputs run in chunks of 1001 frames"
-    assert rows["dasheng"]["clip_policy"] == "crop/pad to 10 s; longer inputs run in chunks of 1008 frames"
-    assert rows["audiomae"]["clip_policy"] == "crop/pad to 10 s; features crop/pad to 1024 frames"
-    assert rows["beats"]["clip_policy"] == "crop/pad to 10 s"
-    assert rows["whisper"]["clip_policy"].startswith("crop/pad to 10 s; zero-padded to whole 3000-frame windows")
-    assert rows["melpatch"]["clip_policy"] == "any length (no crop/pad)"
+def test_clip_semantics_follow_the_official_pipelines(rows):
+    # Facts from the official code (shared/research/encoders.md), per family.
+    for name in ("ast", "audiomae", "eat", "sslam"):
+        semantics = rows[name]["clip_semantics"]
+        assert semantics["length"] == "fixed" and semantics["input_frames"] == 1024
+        assert "log domain, before normalisation" in semantics["padding"]
+        assert rows[name]["max_input_seconds"] == pytest.approx((400 + 1023 * 160) / 16000)  # 1024 kaldi frames
+        assert rows[name]["clip_policy"].startswith("fixed input (1024 frames, 10.255 s)")
+    for name in ("beats", "dasheng", "atst_frame", "whisper", "melpatch", "vit"):
+        assert rows[name]["clip_semantics"]["length"] == "any" and rows[name]["max_input_seconds"] is None
+    assert "padding_mask" in rows["beats"]["clip_semantics"]["mask"]
+    assert "x_length" in rows["dasheng"]["clip_semantics"]["mask"]
+    assert rows["dasheng"]["clip_semantics"]["chunking"].startswith("runs of 252 patches (1008 frames)")
+    assert rows["atst_frame"]["clip_semantics"]["chunking"].startswith("runs of 1001 frames")
+    assert rows["whisper"]["clip_semantics"]["chunking"].startswith("consecutive 30 s windows")
+    # The shortest clip that gives one token: one 25 ms kaldi frame padded to 1024; 16 frames for BEATs' patch.
+    assert rows["ast"]["min_seconds"] == 0.025 and rows["beats"]["min_seconds"] == 0.175
 
 
 def test_other_lengths_follow_token_grid_and_the_crop():
     beats_3s = describe("beats", seconds=3.0)
-    assert beats_3s["grid"] == [18, 8]  # the BEATs fixture's official output for 3 s is 18 x 8
-    assert describe("beats", seconds=30.0)["grid"] == [62, 8]  # extract crops to clip_seconds = 10 first
-    assert describe("melpatch", seconds=30.0)["grid"] == [187, 4]  # melpatch keeps any length
-    assert describe("ast", seconds=3.0)["grid"] == [101, 12]  # fbank padded to 1024 frames
+    assert beats_3s["grid"] == [18, 8] and beats_3s["valid_tokens"] == 144  # the fixture's official 18 x 8
+    assert describe("beats", seconds=30.0)["grid"] == [187, 8]  # any length: encoded whole
+    assert describe("melpatch", seconds=30.0)["grid"] == [187, 4]
+    ast_3s = describe("ast", seconds=3.0)
+    assert ast_3s["grid"] == [101, 12] and ast_3s["valid_tokens"] == 30 * 12  # fbank padded to 1024 frames
+    assert describe("ast", seconds=30.0)["grid"] == [101, 12]  # cropped to its input
 
 
 def test_parameters_on_meta_is_scoped_and_restored():
@@ -172,6 +184,7 @@ def test_cli_prints_the_catalog_as_text_and_json(rows):
     assert text.exit_code == 0
     lines = {line.split()[0]: line for line in text.output.splitlines() if line and not line.startswith(" ")}
     assert "62 x 8" in lines["beats"] and "101 x 12" in lines["ast"] and "500 x 1" in lines["whisper"]
-    assert "  ast: crop/pad to 10 s; features crop/pad to 1024 frames" in text.output
+    assert "  ast: fixed input of 10.255 s, shortest clip 25 ms" in text.output
+    assert "      mask: padded patches are zeroed before the positional convolution" in text.output
     short = json.loads(runner.invoke(encoders_command, ["--json", "--seconds", "3"]).output)
     assert {row["name"]: row["grid"] for row in short}["beats"] == [18, 8]

@@ -190,8 +190,8 @@ def test_gpu_tokens_match_cpu(dasheng_fixture):
     torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=1e-4)
 
 
-def test_valid_tokens_count_patches_starting_inside_real_audio():
+def test_valid_tokens_are_the_patches_of_the_clip_alone():
     encoder = encoders.create("dasheng", random_init=True, **TINY)
-    # 3 s real in a 10 s clip: 301 frames -> patches starting at frames 0, 4, ..., 300 -> 76 of 250.
-    assert encoder.valid_tokens(48000, 160000) == 76
+    # 3 s real in a 10 s batch: alone it has 301 frames -> 75 whole patches (the fixture's official 75 tokens).
+    assert encoder.valid_tokens(48000, 160000) == 75
     assert encoder.valid_tokens(160000, 160000) == 250

@@ -2,7 +2,6 @@
 (EAT/SSLAM, ATST-Frame) against independent reference forwards, key remaps, grids and refusals."""
 
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -343,18 +342,6 @@ def _atst_reference(state: dict, wave: torch.Tensor) -> list[torch.Tensor]:
             x = x + _mlp(_ln(x, state, b + "norm2"), state, b)
             per_layer[i].append(_ln(x, state, "norm_frame"))
     return [torch.cat(parts, dim=1) for parts in per_layer]
-
-
-@pytest.fixture
-def lightning_attribute_dict(monkeypatch):
-    """A stand-in for pytorch_lightning's AttributeDict, importable only while the test pickles it."""
-    names = ["pytorch_lightning", "pytorch_lightning.utilities", "pytorch_lightning.utilities.parsing"]
-    modules = {name: types.ModuleType(name) for name in names}
-    attribute_dict = type("AttributeDict", (dict,), {"__module__": names[-1]})
-    modules[names[-1]].AttributeDict = attribute_dict
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    return attribute_dict
 
 
 def _save_atst(path, encoder_state, attribute_dict=None):

@@ -42,14 +42,16 @@ def test_melpatch_tokens_equal_a_direct_computation(tiny_manifest, tmp_path):
     store = TokenStore.open(tmp_path / "s.zarr")
     assert store.grid == (6, 4) and store.num_tokens == 24 and store.embed_dim == 256  # 1 s: 101 frames // 16
     encoder = MelPatch()
-    wave, n_real = audio.fit_length(audio.load_audio(tiny_manifest.parent / "audio/clip003.wav", 16000), 16000)
-    assert n_real == 8000  # clip003 is half as long: padded
+    wave = audio.load_audio(tiny_manifest.parent / "audio/clip003.wav", 16000)
+    assert len(wave) == 8000  # clip003 is half as long: alone it has 3 x 4 tokens, the rest of its row is zeros
     direct = encoder(torch.from_numpy(wave)[None], [0]).layers[0][0]
-    assert torch.allclose(store.read_tokens(0, 3, 4)[0], direct, atol=1e-5)
+    stored = store.read_tokens(0, 3, 4)[0]
+    assert direct.shape == (12, 256) and torch.allclose(stored[:12], direct, atol=1e-5)
+    assert not stored[12:].any()
     # token (t=1, f=2) holds log-mel frames 16..31 of mel bins 32..47, time-major inside the patch
     logmel = torch.log(encoder.mel(torch.from_numpy(wave)) + 1e-6)
     expected = logmel[32:48, 16:32].T.reshape(-1)
-    assert torch.allclose(store.read_tokens(0, 3, 4)[0, 1 * 4 + 2], expected, atol=1e-5)
+    assert torch.allclose(stored[1 * 4 + 2], expected, atol=1e-5)
     assert store.valid_tokens[3] == 3 * 4 and store.valid_tokens[0] == 24
     assert store.label_names == ["high", "low", "mid"] and store.labels[5].tolist() == [1, 1, 0]  # clip 5 = low + high
     provenance = store.provenance
@@ -163,7 +165,7 @@ def test_cli_extract_and_info(tiny_manifest, tmp_path):
 
 def test_random_vit_all_layers_with_prefix_tokens(tiny_manifest, tmp_path):
     out = tmp_path / "vit.zarr"
-    extract(_config(tiny_manifest, out, encoder="vit", random_init=True, layers="all", clip_seconds=1.0))
+    extract(_config(tiny_manifest, out, encoder="vit", random_init=True, layers="all"))
     store = TokenStore.open(out)
     assert store.layers == [0, 1] and store.num_prefix == 1 and store.grid == (6, 8)
     assert store.provenance["encoder"]["random_init"] is True

@@ -52,11 +52,11 @@ def test_random_vit_is_deterministic_per_seed_and_differs_across_seeds():
 
 
 def test_random_vit_config_records_random_init_and_rebuilds():
-    encoder = create("vit", random_init=True, seed=7, embed_dim=32, depth=3, clip_seconds=4.0)
+    encoder = create("vit", random_init=True, seed=7, embed_dim=32, depth=3)
     config = json.loads(json.dumps(encoder.config()))
     assert config["random_init"] is True and config["seed"] == 7
     assert config["architecture"]["embed_dim"] == 32 and config["architecture"]["depth"] == 3
-    assert config["clip_seconds"] == 4.0 and encoder.clip_seconds == 4.0
+    assert encoder.max_input_samples() is None  # any length
     rebuilt = create("vit", random_init=True, **config["options"])
     wave = _wave(1, 1.0)
     assert torch.equal(rebuilt(wave, [2]).layers[2], encoder(wave, [2]).layers[2])
@@ -96,10 +96,10 @@ def test_vit_refuses_missing_weights_checkpoint_and_unknown_options():
         create_vit(random_init=True)(_wave(1, 0.1), [0])
 
 
-def test_valid_tokens_counts_time_steps_with_real_frames():
+def test_valid_tokens_counts_the_time_steps_of_the_clip_alone():
     encoder = create_vit(random_init=True)
-    # 3 s real inside a 10 s clip: 298 frames -> patches starting before frame 298 -> ceil(298 / 16) = 19.
-    assert encoder.valid_tokens(48000, 160000) == 19 * 8
+    # 3 s real inside a 10 s batch: alone it has 298 frames -> 298 // 16 = 18 whole patches.
+    assert encoder.valid_tokens(48000, 160000) == 18 * 8 == encoder.token_grid(48000)[0] * 8
     assert encoder.valid_tokens(160000, 160000) == 62 * 8
 
 

@@ -27,18 +27,22 @@ class EncoderOutput:
 class Encoder(torch.nn.Module, metaclass=abc.ABCMeta):
     """Base class for frozen encoders.
 
-    Subclasses set `name`, `sample_rate`, `clip_seconds`, `num_layers`, `embed_dim`, `num_prefix`, and implement
-    `config`, `frontend_config`, `token_grid` and `forward`. Layer indices are 0-based block outputs
-    (0 .. num_layers - 1); callers resolve "last"/negative indices with `resolve_layers` first.
+    Subclasses set `name`, `sample_rate`, `num_layers`, `embed_dim`, `num_prefix`, and implement `config`,
+    `frontend_config`, `token_grid` and `forward`. Layer indices are 0-based block outputs (0 .. num_layers - 1);
+    callers resolve "last"/negative indices with `resolve_layers` first.
+
+    Clip lengths: `forward` takes a zero-padded batch and each clip's real length (`lengths`). An encoder that sets
+    `supports_lengths = True` promises that clip b's first `valid_tokens(lengths[b], S)` tokens equal the tokens of
+    that clip run alone through the official pipeline, whatever its batch mates; the rest are padding. Encoders that
+    do not (user plug-ins) are given batches of equal-length clips only, so nothing is padded for them.
     """
 
     name: str = "encoder"
     sample_rate: int = 16000
-    # Every clip is cropped/zero-padded to this many seconds before the forward pass; None keeps its length.
-    clip_seconds: float | None = 10.0
     num_layers: int = 1
     embed_dim: int = 0
     num_prefix: int = 0
+    supports_lengths: bool = False
 
     @abc.abstractmethod
     def config(self) -> dict:
@@ -50,14 +54,49 @@ class Encoder(torch.nn.Module, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def token_grid(self, num_samples: int) -> tuple[int, int]:
-        """(n_time, n_freq) of the patch tokens for a clip of `num_samples` samples."""
+        """(n_time, n_freq) of the patch tokens for a batch padded to `num_samples` samples."""
 
     @abc.abstractmethod
-    def forward(self, wave: torch.Tensor, layers: Sequence[int]) -> EncoderOutput:
-        """Tokens for a waveform batch [B, S] at `sample_rate`, for the requested layer indices."""
+    def forward(
+        self, wave: torch.Tensor, layers: Sequence[int], lengths: torch.Tensor | None = None
+    ) -> EncoderOutput:
+        """Tokens for a waveform batch [B, S] at `sample_rate` (clip b is wave[b, :lengths[b]]) for `layers`."""
+
+    def max_input_samples(self) -> int | None:
+        """The most samples one clip's tokens can cover: a fixed-length model crops longer clips to this
+        (official semantics); None when any length is encoded whole (attended or chunked)."""
+        return None
+
+    def min_samples(self) -> int:
+        """The fewest samples that give at least one token."""
+        for num_samples in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768):
+            if self.token_grid(num_samples)[0] >= 1 and self.valid_tokens(num_samples, num_samples) >= 1:
+                low = num_samples // 2
+                while low + 1 < num_samples:  # bisect between the last too-short and the first long-enough length
+                    mid = (low + num_samples) // 2
+                    if self.token_grid(mid)[0] >= 1 and self.valid_tokens(mid, mid) >= 1:
+                        num_samples = mid
+                    else:
+                        low = mid
+                return num_samples
+        raise ValueError(f"{self.name}: no clip up to 2 s gives a token")
+
+    def clip_semantics(self) -> dict:
+        """How this encoder fits a clip's length, as its official pipeline does (recorded in the provenance).
+
+        Keys: length ("fixed" or "any"), padding (where, value, and whether before normalisation), crop, chunking,
+        mask (whether padded positions are kept out of attention), batching.
+        """
+        return {
+            "length": "any",
+            "padding": "none: batches hold equal-length clips only (the encoder takes no real lengths)",
+            "crop": "none",
+            "chunking": "none",
+            "mask": "not needed (no padding)",
+        }
 
     def valid_tokens(self, num_real: int, num_total: int) -> int:
-        """How many leading (time-major) tokens of a clip padded from `num_real` to `num_total` samples
+        """How many leading (time-major) tokens of a clip of `num_real` samples, in a batch padded to `num_total`,
         carry real audio: every time step that overlaps real samples counts."""
         n_time, n_freq = self.token_grid(num_total)
         if num_real >= num_total:

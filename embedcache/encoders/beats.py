@@ -147,7 +147,10 @@ class BeatsAttention(nn.Module):
             self.grep_linear = nn.Linear(self.head_dim, 8)
             self.grep_a = nn.Parameter(torch.ones(1, num_heads, 1, 1))
 
-    def forward(self, x: torch.Tensor, position_bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, position_bias: torch.Tensor | None, padding: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x [B, N, D]; position_bias [H, N, N]; padding [B, 1, 1, N] additive key mask (-inf on padded keys)."""
         batch, length, dim = x.shape
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> [B, H, N, hd]
@@ -162,6 +165,8 @@ class BeatsAttention(nn.Module):
                 gates = torch.sigmoid(self.grep_linear(q).view(batch, self.num_heads, length, 2, 4).sum(-1))
                 gate_a, gate_b = gates.chunk(2, dim=-1)
                 mask = (gate_a * (gate_b * self.grep_a - 1.0) + 2.0) * mask
+        if padding is not None:
+            mask = padding.to(q.dtype) if mask is None else mask + padding.to(q.dtype)
         # The official alpha=32 rescaling / max subtraction is only stabilisation: plain softmax(qk/sqrt(d) + bias).
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
@@ -186,11 +191,13 @@ class BeatsLayer(nn.Module):
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x).float()).type_as(x))
 
-    def forward(self, x: torch.Tensor, position_bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, position_bias: torch.Tensor | None, padding: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.layer_norm_first:
-            x = x + self.self_attn(self.self_attn_layer_norm(x), position_bias)
+            x = x + self.self_attn(self.self_attn_layer_norm(x), position_bias, padding)
             return x + self._ffn(self.final_layer_norm(x))
-        x = self.self_attn_layer_norm(x * self.alpha + self.self_attn(x, position_bias))
+        x = self.self_attn_layer_norm(x * self.alpha + self.self_attn(x, position_bias, padding))
         return self.final_layer_norm(x * self.alpha + self._ffn(x))
 
 
@@ -229,21 +236,35 @@ class BeatsModel(nn.Module):
         )
         self.encoder = BeatsTransformer(cfg)
 
-    def forward(self, fbank: torch.Tensor, layers: Sequence[int]) -> tuple[dict[int, torch.Tensor], tuple[int, int]]:
-        """Outputs of the requested layers ({index: [B, N, D]}) and the (n_time, n_freq) patch grid."""
+    def forward(
+        self, fbank: torch.Tensor, layers: Sequence[int], real_time: list[int] | None = None
+    ) -> tuple[dict[int, torch.Tensor], tuple[int, int]]:
+        """Outputs of the requested layers ({index: [B, N, D]}) and the (n_time, n_freq) patch grid.
+
+        real_time: clip b's patches from time step real_time[b] on are padding: zeroed before the positional
+        convolution (which then sees what a lone clip's zero padding gives) and kept out of attention, as the
+        official padding mask does.
+        """
         x = self.patch_embedding(fbank.unsqueeze(1))  # [B, C, T', F']
         grid = (x.shape[2], x.shape[3])
         x = self.layer_norm(x.flatten(2).transpose(1, 2))  # [B, T'*F', C], time-major
         if self.post_extract_proj is not None:
             x = self.post_extract_proj(x)
         encoder = self.encoder
+        padding = None
+        if real_time is not None and min(real_time) < grid[0]:
+            token_time = torch.arange(grid[0], device=x.device).repeat_interleave(grid[1])  # [N], time-major
+            padded = token_time[None, :] >= torch.tensor(real_time, device=x.device)[:, None]  # [B, N]
+            x = x.masked_fill(padded[..., None], 0.0)
+            padding = torch.zeros(padded.shape, dtype=x.dtype, device=x.device).masked_fill(padded, float("-inf"))
+            padding = padding[:, None, None, :]
         x = x + encoder.pos_conv(x)
         if not self.cfg.layer_norm_first:
             x = encoder.layer_norm(x)
         bias = encoder.position_bias(x.shape[1])
         wanted, outputs = set(layers), {}
         for index, layer in enumerate(encoder.layers[: max(wanted) + 1]):
-            x = layer(x, bias)
+            x = layer(x, bias, padding)
             if index in wanted:
                 outputs[index] = x
         last = self.cfg.encoder_layers - 1
@@ -306,17 +327,18 @@ class Beats(Encoder):
     "Layer i" is the output of `encoder.layers[i]` as the official code returns it in `layer_results`: for the
     released post-LN models that is after the block's `final_layer_norm` (already normalised), unlike the pre-LN
     ViT family whose intermediate layers are the un-normalised residual stream. The last layer equals the official
-    `extract_features` output.
+    `extract_features` output. Clips of any length are encoded whole; in a batch, each clip's padded patches are
+    zeroed and masked, so its tokens equal those of the clip alone.
     """
 
     name = "beats"
     sample_rate = 16000
     num_prefix = 0
+    supports_lengths = True
 
-    def __init__(self, cfg: BeatsConfig, clip_seconds: float | None = 10.0, provenance: dict | None = None):
+    def __init__(self, cfg: BeatsConfig, provenance: dict | None = None):
         super().__init__()
         self.cfg = cfg
-        self.clip_seconds = clip_seconds
         self.provenance = dict(provenance or {})
         self.num_layers = cfg.encoder_layers
         self.embed_dim = cfg.encoder_embed_dim
@@ -324,11 +346,21 @@ class Beats(Encoder):
         self.model = BeatsModel(cfg)
 
     def config(self) -> dict:
-        return {"family": "beats", **self.provenance, "clip_seconds": self.clip_seconds,
-                "cfg": dataclasses.asdict(self.cfg)}
+        return {"family": "beats", **self.provenance, "cfg": dataclasses.asdict(self.cfg)}
 
     def frontend_config(self) -> dict:
         return self.fbank.config.describe()
+
+    def clip_semantics(self) -> dict:
+        return {
+            "length": "any",
+            "padding": "fbank of each clip's real samples (no waveform padding), zero-padded after normalisation to "
+                       "the longest clip in the batch",
+            "crop": "none",
+            "chunking": "none (the whole clip is attended; relative position buckets grow logarithmically)",
+            "mask": "padded patches are zeroed before the positional convolution and kept out of attention (the "
+                    "official padding_mask), so a clip's tokens equal those of the clip alone",
+        }
 
     def token_grid(self, num_samples: int) -> tuple[int, int]:
         patch = self.cfg.input_patch_size
@@ -336,12 +368,13 @@ class Beats(Encoder):
         return frames // patch, self.fbank.config.num_mel_bins // patch
 
     def valid_tokens(self, num_real: int, num_total: int) -> int:
-        """Tokens whose first fbank frame lies inside the real (unpadded) audio, counted time-major."""
+        """The tokens of the clip alone (whole 16-frame patches of its own fbank), counted time-major."""
         n_time, n_freq = self.token_grid(num_total)
-        real_frames = self.fbank.config.raw_frames(num_real)
-        return min(n_time, max(1, -(-real_frames // self.cfg.input_patch_size))) * n_freq
+        return min(n_time, self.token_grid(num_real)[0]) * n_freq
 
-    def forward(self, wave: torch.Tensor, layers: Sequence[int] = (-1,)) -> EncoderOutput:
+    def forward(
+        self, wave: torch.Tensor, layers: Sequence[int] = (-1,), lengths: torch.Tensor | None = None
+    ) -> EncoderOutput:
         layers = [index + self.num_layers if index < 0 else index for index in layers]
         if not layers or min(layers) < 0 or max(layers) >= self.num_layers:
             raise ConfigError(f"beats: layers {layers} out of range 0..{self.num_layers - 1}")
@@ -349,12 +382,13 @@ class Beats(Encoder):
         if n_time < 1:
             raise ConfigError(
                 f"beats: a clip of {wave.shape[-1]} samples gives fewer than {self.cfg.input_patch_size} fbank "
-                "frames (one patch); use clips of at least 0.17 s"
+                "frames (one patch); use clips of at least 0.175 s"
             )
         # The front end stays in float32 under autocast (half-precision log-mel loses ~1e-2).
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            fbank = self.fbank(wave)  # [B, frames, 128]
-        outputs, grid = self.model(fbank, layers)
+            fbank, frames = self.fbank.features(wave, lengths)  # [B, frames, 128]
+        real_time = None if lengths is None else [n // self.cfg.input_patch_size for n in frames]
+        outputs, grid = self.model(fbank, layers, real_time)
         return EncoderOutput(layers=outputs, prefix={}, grid=grid)
 
 
@@ -373,8 +407,7 @@ def load_beats_checkpoint(path: str | Path) -> tuple[BeatsConfig, dict[str, torc
     return cfg, beats_state_dict(data["model"], cfg, source)
 
 
-def create_beats(checkpoint: str | None = None, random_init: bool = False, clip_seconds: float | None = 10.0,
-                 seed: int = 0, **cfg_overrides) -> Beats:
+def create_beats(checkpoint: str | None = None, random_init: bool = False, seed: int = 0, **cfg_overrides) -> Beats:
     """Registry factory: BEATs from an official checkpoint, or seeded random weights (iter3 sizes unless overridden)."""
     if checkpoint is None and not random_init:
         raise ConfigError("beats needs --checkpoint (an official file such as BEATs_iter3_plus_AS2M.pt)")
@@ -385,7 +418,7 @@ def create_beats(checkpoint: str | None = None, random_init: bool = False, clip_
 
         cfg, state = load_beats_checkpoint(checkpoint)
         provenance = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint)}
-        encoder = Beats(cfg, clip_seconds, provenance)
+        encoder = Beats(cfg, provenance)
         encoder.model.load_state_dict(state, strict=True)
         return encoder
     unknown = sorted(set(cfg_overrides) - {field.name for field in dataclasses.fields(BeatsConfig)})
@@ -394,5 +427,5 @@ def create_beats(checkpoint: str | None = None, random_init: bool = False, clip_
     provenance = {"random_init": True, "seed": seed, "options": {**cfg_overrides, "seed": seed}}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = Beats(BeatsConfig(**cfg_overrides), clip_seconds, provenance)
+        encoder = Beats(BeatsConfig(**cfg_overrides), provenance)
     return encoder

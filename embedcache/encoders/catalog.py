@@ -129,28 +129,29 @@ def parameters_on_meta() -> Iterator[None]:
 
 
 def clip_policy(encoder: Encoder) -> str:
-    """How `encoder` fits a clip's length, in words, from the settings it records in a store's provenance."""
-    parts = [
-        f"crop/pad to {encoder.clip_seconds:g} s" if encoder.clip_seconds is not None else "any length (no crop/pad)"
-    ]
-    frontend = encoder.frontend_config()
-    architecture = encoder.config().get("architecture") or {}
-    if frontend.get("target_frames") is not None:
-        parts.append(f"features crop/pad to {frontend['target_frames']} frames")
-    chunk = architecture.get("chunk_frames") or frontend.get("chunk_frames")
-    if chunk:
-        parts.append(f"longer inputs run in chunks of {chunk} frames")
-    if frontend.get("window_frames"):
-        parts.append(f"zero-padded to whole {frontend['window_frames']}-frame windows, tokens past the audio dropped")
+    """How `encoder` fits a clip's length, in one line, from the semantics it records in a store's provenance."""
+    semantics = encoder.clip_semantics()
+    if semantics.get("length") == "fixed":
+        limit = encoder.max_input_samples() / encoder.sample_rate
+        head = f"fixed input ({semantics.get('input_frames')} frames, {limit:.3f} s); padding: {semantics['padding']}"
+    else:
+        head = f"any length; padding: {semantics['padding']}"
+    parts = [head]
+    if semantics.get("chunking", "none") != "none":
+        parts.append(f"chunks: {semantics['chunking']}")
+    parts.append(f"mask: {semantics['mask']}")
+    if semantics.get("crop", "none") != "none":
+        parts.append(f"crop: {semantics['crop']}")
     return "; ".join(parts)
 
 
 def describe_encoder(encoder: Encoder, seconds: float = 10.0) -> dict:
-    """Input config, token grid, prefix tokens and sizes of a built `encoder` for a clip of `seconds`, after the
-    extract stage's crop to the encoder's `clip_seconds`."""
+    """Input config, token grid, prefix tokens and sizes of a built `encoder` for a clip of `seconds` (a
+    fixed-length encoder crops it to its input first, as extract does)."""
     num_samples = round(seconds * encoder.sample_rate)
-    if encoder.clip_seconds is not None:
-        num_samples = min(num_samples, round(encoder.clip_seconds * encoder.sample_rate))
+    limit = encoder.max_input_samples()
+    if limit is not None:
+        num_samples = min(num_samples, limit)
     n_time, n_freq = encoder.token_grid(num_samples)
     frontend = encoder.frontend_config()
     return {
@@ -158,11 +159,14 @@ def describe_encoder(encoder: Encoder, seconds: float = 10.0) -> dict:
         "frontend": frontend.get("kind", "?"),
         "n_mels": frontend.get("num_mel_bins", frontend.get("n_mels")),
         "frontend_config": frontend,
-        "clip_seconds": encoder.clip_seconds,
+        "max_input_seconds": None if limit is None else limit / encoder.sample_rate,
+        "min_seconds": encoder.min_samples() / encoder.sample_rate,
+        "clip_semantics": encoder.clip_semantics(),
         "clip_policy": clip_policy(encoder),
         "seconds": seconds,
         "grid": [n_time, n_freq],
         "tokens": n_time * n_freq,
+        "valid_tokens": encoder.valid_tokens(num_samples, num_samples),
         "prefix": encoder.num_prefix,
         "embed_dim": encoder.embed_dim,
         "layers": encoder.num_layers,
@@ -209,7 +213,12 @@ def format_catalog(rows: list[dict]) -> str:
             f"{row['grid'][0]} x {row['grid'][1]}", str(row["tokens"]), str(row["prefix"]), str(row["embed_dim"]),
             str(row["layers"]), row["weights"],
         ])
-        policies.append(f"{row['name']}: {row['clip_policy']}")
+        semantics = row["clip_semantics"]
+        limit = row["max_input_seconds"]
+        length = f"fixed input of {limit:.3f} s" if limit is not None else "any length"
+        policies.append(f"{row['name']}: {length}, shortest clip {row['min_seconds'] * 1000:.0f} ms")
+        keys = ("padding", "crop", "chunking", "mask")
+        policies += [f"    {key}: {semantics[key]}" for key in keys if key in semantics]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in table]
-    return "\n".join(lines + ["", "clip policy (grid is n_time x n_freq):", *(f"  {p}" for p in policies)])
+    return "\n".join(lines + ["", "clip semantics (grid is n_time x n_freq):", *(f"  {p}" for p in policies)])

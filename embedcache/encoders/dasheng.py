@@ -96,8 +96,8 @@ class DashengBlock(nn.Module):
         self.ls1 = LayerScale(dim) if cfg.layer_scale else nn.Identity()
         self.ls2 = LayerScale(dim) if cfg.layer_scale else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, attend: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), attend))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
@@ -129,33 +129,58 @@ class DashengModel(nn.Module):
         size = self.cfg.target_length // self.cfg.patch_frames
         return [min(size, n_patches - start) for start in range(0, n_patches, size)]
 
-    def _run_blocks(self, x: torch.Tensor, wanted: set[int]) -> dict[int, torch.Tensor]:
-        """Positions + blocks on patches [n, D, 1, t] -> {layer: [n, P + t, D]} (last layer after `norm`)."""
+    def _run_blocks(
+        self, x: torch.Tensor, wanted: set[int], real: list[int] | None = None
+    ) -> dict[int, torch.Tensor]:
+        """Positions + blocks on patches [n, D, 1, t] -> {layer: [n, P + t, D]} (last layer after `norm`).
+
+        real: row i's patches from real[i] on are padding, kept out of attention (the official x_length mask).
+        """
         x = x + self.time_pos_embed[..., : x.shape[-1]] + self.freq_pos_embed  # positions restart per chunk
         x = x.flatten(2).transpose(1, 2)  # [n, t, D]
+        num_prefix = 0
         if self.cfg.pooling == "token":
             x = torch.cat([(self.cls_token + self.token_pos_embed).expand(x.shape[0], -1, -1), x], dim=1)
+            num_prefix = 1
+        attend = None
+        if real is not None and min(real) < x.shape[1] - num_prefix:
+            limits = torch.tensor(real, device=x.device)
+            patches = torch.arange(x.shape[1] - num_prefix, device=x.device)[None, :] < limits[:, None]
+            patches |= (limits == 0)[:, None]  # a row of padding only: attend to all (finite; it is discarded)
+            prefix = torch.ones(len(real), num_prefix, dtype=torch.bool, device=x.device)
+            attend = torch.cat([prefix, patches], dim=1)
         outputs = {}
         for index, block in enumerate(self.blocks[: max(wanted) + 1]):
-            x = block(x)
+            x = block(x, attend)
             if index in wanted:
                 outputs[index] = self.norm(x) if index == self.cfg.depth - 1 else x
         return outputs
 
     def forward(
-        self, spec: torch.Tensor, layers: Sequence[int]
+        self, spec: torch.Tensor, layers: Sequence[int], real_patches: list[int] | None = None
     ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-        """Normalised spectrogram [B, 1, M, frames] -> ({layer: patch tokens [B, n_time, D]}, {layer: prefix})."""
+        """Normalised spectrogram [B, 1, M, frames] -> ({layer: patch tokens [B, n_time, D]}, {layer: prefix}).
+
+        real_patches: clip b's patches from real_patches[b] on are padding (None: every patch is real).
+        """
         batch = spec.shape[0]
         patches = self.patch_embed.proj(spec)  # [B, D, 1, n_time]; trailing frames short of a patch are dropped
         sizes = self.chunk_sizes(patches.shape[-1])
         full = sizes.count(sizes[0])
         wanted = set(layers)
-        # Equal-length chunks share one pass ([n_full * B, ...]); a shorter tail runs on its own, unpadded.
+
+        def real_in(start: int, size: int) -> list[int] | None:
+            return None if real_patches is None else [min(size, max(0, n - start)) for n in real_patches]
+
+        # Equal-length chunks share one pass ([n_full * B, ...], chunk-major); a shorter tail runs on its own.
         head = torch.cat(patches[..., : full * sizes[0]].split(sizes[0], dim=-1), dim=0)
-        runs = [(self._run_blocks(head, wanted), full)]
+        head_real = None
+        if real_patches is not None:
+            head_real = [n for k in range(full) for n in real_in(k * sizes[0], sizes[0])]
+        runs = [(self._run_blocks(head, wanted, head_real), full)]
         if full < len(sizes):
-            runs.append((self._run_blocks(patches[..., full * sizes[0] :], wanted), 1))
+            tail = patches[..., full * sizes[0] :]
+            runs.append((self._run_blocks(tail, wanted, real_in(full * sizes[0], tail.shape[-1])), 1))
         num_prefix = 1 if self.cfg.pooling == "token" else 0
         tokens, prefix = {}, {}
         for index in wanted:
@@ -266,17 +291,18 @@ class Dasheng(Encoder):
 
     Layer i < depth - 1 is the output of `blocks[i]` (the un-normalised residual stream, as a forward hook sees it);
     the last layer is the official `forward` output, i.e. after the final `norm` (the ViT family's "last" convention).
-    The dB floor (max - top_db) is taken per clip: the official 3-D call floors a whole batch at once, which would
-    make a clip's tokens depend on its batch mates (identical for batch size 1 and whenever no clip spans 120 dB).
+    The mel-dB of each clip is computed on its real samples, with its own dB floor (max - top_db): the official 3-D
+    call floors a whole batch at once, which would make a clip's tokens depend on its batch mates (identical for
+    batch size 1, the clip run alone). Padded patches are kept out of attention, as the official `x_length` mask.
     """
 
     name = "dasheng"
     sample_rate = 16000
+    supports_lengths = True
 
-    def __init__(self, cfg: DashengConfig, clip_seconds: float | None = 10.0, provenance: dict | None = None):
+    def __init__(self, cfg: DashengConfig, provenance: dict | None = None):
         super().__init__()
         self.cfg = cfg
-        self.clip_seconds = clip_seconds
         self.num_layers = cfg.depth
         self.embed_dim = cfg.embed_dim
         self.num_prefix = 1 if cfg.pooling == "token" else 0
@@ -292,8 +318,7 @@ class Dasheng(Encoder):
     def config(self) -> dict:
         architecture = dataclasses.asdict(self.cfg)
         architecture["patch_size"] = list(self.cfg.patch_size)
-        return {"family": "dasheng", **self.provenance, "clip_seconds": self.clip_seconds,
-                "architecture": architecture}
+        return {"family": "dasheng", **self.provenance, "architecture": architecture}
 
     def frontend_config(self) -> dict:
         return {
@@ -302,15 +327,32 @@ class Dasheng(Encoder):
             "chunk_frames": self.cfg.target_length,
         }
 
+    def clip_semantics(self) -> dict:
+        size = self.cfg.target_length // self.cfg.patch_frames
+        return {
+            "length": "any",
+            "padding": "mel-dB of each clip's real samples (its own top_db floor), zero-padded to the longest clip "
+                       "in the batch",
+            "crop": "none",
+            "chunking": f"runs of {size} patches ({self.cfg.target_length} frames) encoded independently, time "
+                        "positions restarting, the last run shorter",
+            "mask": "padded patches are kept out of attention (the official x_length mask), so a clip's tokens "
+                    "equal those of the clip alone",
+        }
+
+    def min_samples(self) -> int:
+        return max(super().min_samples(), getattr(self.frontend.config, "min_samples", 1))
+
     def token_grid(self, num_samples: int) -> tuple[int, int]:
         return self.frontend.config.num_frames(num_samples) // self.cfg.patch_frames, 1
 
     def valid_tokens(self, num_real: int, num_total: int) -> int:
-        """Tokens whose first frame lies inside the real (unpadded) audio."""
-        real_frames = self.frontend.config.num_frames(num_real)
-        return min(self.token_grid(num_total)[0], max(1, -(-real_frames // self.cfg.patch_frames)))
+        """The tokens of the clip alone (whole 4-frame patches of its own mel-dB)."""
+        return min(self.token_grid(num_total)[0], self.token_grid(num_real)[0])
 
-    def forward(self, wave: torch.Tensor, layers: Sequence[int] = (-1,)) -> EncoderOutput:
+    def forward(
+        self, wave: torch.Tensor, layers: Sequence[int] = (-1,), lengths: torch.Tensor | None = None
+    ) -> EncoderOutput:
         layers = [index + self.num_layers if index < 0 else index for index in layers]
         if not layers or min(layers) < 0 or max(layers) >= self.num_layers:
             raise ConfigError(f"dasheng: layers {layers} out of range 0..{self.num_layers - 1}")
@@ -319,13 +361,15 @@ class Dasheng(Encoder):
             raise ConfigError(f"dasheng: a clip of {wave.shape[-1]} samples is shorter than one 40 ms patch")
         # The official front end runs with autocast disabled; so does the BatchNorm on its output.
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            spec = self.model.normalise(self.frontend(wave))  # [B, 1, M, frames]
-        patches, prefix = self.model(spec, layers)
-        return EncoderOutput(layers=patches, prefix=prefix, grid=(n_time, 1))
+            mel_db, frames = self.frontend.features(wave, lengths)
+            spec = self.model.normalise(mel_db)  # [B, 1, M, frames]
+        real = None if lengths is None else [n // self.cfg.patch_frames for n in frames]
+        patches, prefix = self.model(spec, layers, real)
+        return EncoderOutput(layers=patches, prefix=prefix, grid=(patches[layers[0]].shape[1], 1))
 
 
-def create_dasheng(checkpoint: str | None = None, random_init: bool = False, clip_seconds: float | None = 10.0,
-                   num_heads: int | None = None, seed: int = 0, **sizes) -> Dasheng:
+def create_dasheng(checkpoint: str | None = None, random_init: bool = False, num_heads: int | None = None,
+                   seed: int = 0, **sizes) -> Dasheng:
     """Registry factory: Dasheng from an official `{'model', 'config'}` file, or seeded random weights (base sizes)."""
     if checkpoint is None and not random_init:
         raise ConfigError("dasheng needs --checkpoint (an official file such as dasheng_base.pt)")
@@ -343,7 +387,7 @@ def create_dasheng(checkpoint: str | None = None, random_init: bool = False, cli
         cfg = dasheng_config_from_checkpoint(data["config"], data["model"], source, num_heads)
         frontend_state, model_state = dasheng_state_dicts(data["model"], cfg, source)
         provenance = {"checkpoint": source, "checkpoint_sha256": sha256_file(checkpoint)}
-        encoder = Dasheng(cfg, clip_seconds, provenance)
+        encoder = Dasheng(cfg, provenance)
         encoder.frontend.load_state_dict(frontend_state, strict=True)
         encoder.model.load_state_dict(model_state, strict=True)
         return encoder
@@ -358,5 +402,5 @@ def create_dasheng(checkpoint: str | None = None, random_init: bool = False, cli
     provenance = {"random_init": True, "seed": seed, "options": {**sizes, "seed": seed}}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = Dasheng(DashengConfig(**sizes), clip_seconds, provenance)
+        encoder = Dasheng(DashengConfig(**sizes), provenance)
     return encoder

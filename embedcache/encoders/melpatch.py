@@ -21,6 +21,7 @@ class MelPatch(Encoder):
     name = "melpatch"
     num_layers = 1
     num_prefix = 0
+    supports_lengths = True
 
     def __init__(
         self,
@@ -30,14 +31,12 @@ class MelPatch(Encoder):
         n_mels: int = 64,
         patch_time: int = 16,
         patch_freq: int = 16,
-        clip_seconds: float | None = None,
         log_offset: float = 1e-6,
     ):
         super().__init__()
         if n_mels % patch_freq:
             raise ConfigError(f"melpatch: n_mels={n_mels} must be a multiple of patch_freq={patch_freq}")
         self.sample_rate = sample_rate
-        self.clip_seconds = clip_seconds
         self.n_fft, self.hop_length, self.n_mels = n_fft, hop_length, n_mels
         self.patch_time, self.patch_freq = patch_time, patch_freq
         self.log_offset = log_offset
@@ -54,7 +53,6 @@ class MelPatch(Encoder):
             "n_mels": self.n_mels,
             "patch_time": self.patch_time,
             "patch_freq": self.patch_freq,
-            "clip_seconds": self.clip_seconds,
             "log_offset": self.log_offset,
         }
 
@@ -72,18 +70,40 @@ class MelPatch(Encoder):
             "log": f"ln(mel + {self.log_offset})",
         }
 
+    def clip_semantics(self) -> dict:
+        return {
+            "length": "any",
+            "padding": "log-mel of each clip's real samples, zero-padded to the longest clip in the batch",
+            "crop": "none",
+            "chunking": "none",
+            "mask": "not needed (each token holds only its own patch)",
+        }
+
+    def valid_tokens(self, num_real: int, num_total: int) -> int:
+        """The tokens of the clip alone (whole patches of its own log-mel)."""
+        n_time, n_freq = self.token_grid(num_total)
+        return min(n_time, self.token_grid(num_real)[0]) * n_freq
+
     def num_frames(self, num_samples: int) -> int:
         return num_samples // self.hop_length + 1  # center=True
 
     def token_grid(self, num_samples: int) -> tuple[int, int]:
         return self.num_frames(num_samples) // self.patch_time, self.n_mels // self.patch_freq
 
-    def forward(self, wave: torch.Tensor, layers: Sequence[int] = (0,)) -> EncoderOutput:
+    def forward(
+        self, wave: torch.Tensor, layers: Sequence[int] = (0,), lengths: torch.Tensor | None = None
+    ) -> EncoderOutput:
         if list(layers) != [0]:
             raise ConfigError(f"melpatch has a single layer (0); got layers {list(layers)}")
-        logmel = torch.log(self.mel(wave.float()) + self.log_offset)  # [B, M, frames]
         n_time, n_freq = self.token_grid(wave.shape[-1])
         batch = wave.shape[0]
+        if lengths is None:
+            logmel = torch.log(self.mel(wave.float()) + self.log_offset)  # [B, M, frames]
+        else:  # each clip's own frames (reflect-padded at its own end), zeros after
+            logmel = torch.zeros(batch, self.n_mels, self.num_frames(wave.shape[-1]), device=wave.device)
+            for row, length in enumerate(lengths.tolist()):
+                own = torch.log(self.mel(wave[row : row + 1, : int(length)].float()) + self.log_offset)[0]
+                logmel[row, :, : own.shape[-1]] = own
         logmel = logmel[:, :, : n_time * self.patch_time]
         # [B, M, F'] -> [B, n_freq, pf, n_time, pt] -> [B, n_time, n_freq, pt, pf]
         patches = logmel.reshape(batch, n_freq, self.patch_freq, n_time, self.patch_time)

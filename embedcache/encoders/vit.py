@@ -105,11 +105,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attend: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, D]; attend [B, L] bool: which keys may be attended to (None: all)."""
         batch, length, dim = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, H, L, Dh]
-        out = F.scaled_dot_product_attention(q, k, v)
+        mask = None if attend is None else attend[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
 
 
@@ -136,11 +138,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(spec.embed_dim, eps=spec.norm_eps)
         self.mlp = Mlp(spec.embed_dim, spec.mlp_hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attend: torch.Tensor | None = None) -> torch.Tensor:
         if self.post_ln:
-            x = self.norm1(x + self.attn(x))
+            x = self.norm1(x + self.attn(x, attend))
             return self.norm2(x + self.mlp(x))
-        x = x + self.attn(self.norm1(x))
+        x = x + self.attn(self.norm1(x), attend)
         return x + self.mlp(self.norm2(x))
 
 
@@ -227,13 +229,37 @@ class SpectrogramViT(nn.Module):
             x = self.pre_norm(x)
         return x, grid
 
-    def forward(self, features: torch.Tensor, layers: Sequence[int]) -> tuple[dict[int, torch.Tensor], tuple]:
-        """Block outputs {layer: [B, P + N, D]} (own token order) for `layers`, and the grid."""
+    def key_mask(self, grid: tuple[int, int], real_time: list[int], device: torch.device) -> torch.Tensor:
+        """[B, P + N] bool: prefix tokens and patches of the first real_time[b] time steps (own token order).
+
+        A clip with no real patch here attends to everything (finite values in place of NaN; its tokens are padding).
+        """
+        n_time, n_freq = grid
+        time_index = torch.arange(n_time, device=device)
+        own = time_index[:, None].expand(n_time, n_freq)  # [T, F] time index of each patch
+        if self.spec.input_layout == FREQ_FIRST:
+            own = own.T
+        limits = torch.tensor(real_time, device=device)
+        patches = own.reshape(1, -1) < limits[:, None]
+        patches |= (limits == 0)[:, None]
+        prefix = torch.ones(len(real_time), len(self.spec.prefix), dtype=torch.bool, device=device)
+        return torch.cat([prefix, patches], dim=1)
+
+    def forward(
+        self, features: torch.Tensor, layers: Sequence[int], real_time: list[int] | None = None
+    ) -> tuple[dict[int, torch.Tensor], tuple]:
+        """Block outputs {layer: [B, P + N, D]} (own token order) for `layers`, and the grid.
+
+        real_time: clip b's patches past time step real_time[b] are padding, kept out of attention (None: no mask).
+        """
         spec = self.spec
         x, grid = self.embed(features)
+        attend = None
+        if real_time is not None and min(real_time) < grid[0]:
+            attend = self.key_mask(grid, real_time, x.device)
         wanted, outputs = set(layers), {}
         for index, block in enumerate(self.blocks[: max(wanted) + 1]):
-            x = block(x)
+            x = block(x, attend)
             if index in wanted:
                 last = index == spec.depth - 1
                 normed = self.norm is not None and (
@@ -251,21 +277,27 @@ class SpectrogramViT(nn.Module):
 
 
 class ViTEncoder(Encoder):
-    """Front end + SpectrogramViT behind the Encoder contract; carries its own front-end config."""
+    """Front end + SpectrogramViT behind the Encoder contract; carries its own front-end config.
+
+    A Kaldi front end with `target_frames` makes the model fixed-length (AudioMAE, AST, EAT, SSLAM): each clip's
+    fbank is zero-padded or cropped to that many frames in the log domain and the model attends to the padding, as
+    the official pipelines do. Otherwise any length is encoded whole (chunked when `spec.chunk_frames` is set), with
+    each clip's padded patches kept out of attention so its tokens do not depend on its batch mates.
+    """
+
+    supports_lengths = True
 
     def __init__(
         self,
         name: str,
         spec: ViTSpec,
         frontend: KaldiFbankConfig | MelDbConfig,
-        clip_seconds: float | None,
         provenance: dict | None = None,
     ):
         super().__init__()
         self.name = name
         self.spec = spec
         self.sample_rate = frontend.sample_rate
-        self.clip_seconds = clip_seconds
         self.num_layers = spec.depth
         self.embed_dim = spec.embed_dim
         self.num_prefix = len(spec.prefix)
@@ -273,18 +305,51 @@ class ViTEncoder(Encoder):
         self.model = SpectrogramViT(spec)
         self.provenance = dict(provenance or {})
 
+    @property
+    def target_frames(self) -> int | None:
+        return getattr(self.frontend.config, "target_frames", None)
+
     def config(self) -> dict:
         spec = dataclasses.asdict(self.spec)
         return {
             "family": self.name,
             **self.provenance,
-            "clip_seconds": self.clip_seconds,
             "sample_rate": self.sample_rate,
             "architecture": {key: list(v) if isinstance(v, tuple) else v for key, v in spec.items()},
         }
 
     def frontend_config(self) -> dict:
         return self.frontend.config.describe()
+
+    def max_input_samples(self) -> int | None:
+        target = self.target_frames
+        if target is None:
+            return None
+        cfg = self.frontend.config
+        return cfg.window_samples + (target - 1) * cfg.hop_samples
+
+    def clip_semantics(self) -> dict:
+        target, chunk = self.target_frames, self.spec.chunk_frames
+        if target is not None:
+            seconds = self.max_input_samples() / self.sample_rate
+            return {
+                "length": "fixed",
+                "input_frames": target,
+                "padding": f"log-mel of the clip's real samples, zero-padded at the end to {target} frames in the "
+                           "log domain, before normalisation (the official dataloader's ZeroPad2d)",
+                "crop": f"frames past {target} are dropped: audio after {seconds:.3f} s is lost",
+                "chunking": "none",
+                "mask": "none: the model attends to padded patches, as the official model does",
+            }
+        return {
+            "length": "any",
+            "padding": "features of each clip's real samples, zero-padded after normalisation to the longest clip "
+                       "in the batch",
+            "crop": "none",
+            "chunking": f"runs of {chunk} frames encoded independently, positions restarting, the last run shorter"
+                        if chunk else "none",
+            "mask": "padded patches are kept out of attention, so a clip's tokens equal those of the clip alone",
+        }
 
     def _chunks(self, frames: int) -> list[tuple[int, int]]:
         size = self.spec.chunk_frames
@@ -294,6 +359,9 @@ class ViTEncoder(Encoder):
         # A tail shorter than one patch gives no tokens; the official chunkers drop it too.
         return [(a, b) for a, b in spans if b - a >= self.spec.patch[0]]
 
+    def min_samples(self) -> int:
+        return max(super().min_samples(), getattr(self.frontend.config, "min_samples", 1))
+
     def token_grid(self, num_samples: int) -> tuple[int, int]:
         frames = self.frontend.config.num_frames(num_samples)
         spans = self._chunks(frames)
@@ -301,14 +369,16 @@ class ViTEncoder(Encoder):
         return sum(self.spec.grid(b - a)[0] for a, b in spans), n_freq
 
     def valid_tokens(self, num_real: int, num_total: int) -> int:
-        """Tokens whose first frame lies inside the real (unpadded) audio, counted time-major."""
+        """Tokens of time steps that start inside the clip's real frames, counted time-major."""
         n_time, n_freq = self.token_grid(num_total)
-        if num_real >= num_total:
-            return n_time * n_freq
-        real_frames = self.frontend.config.raw_frames(num_real)
-        return min(n_time, max(1, math.ceil(real_frames / self.spec.stride[0]))) * n_freq
+        if self.target_frames is None:
+            return min(n_time, self.token_grid(num_real)[0]) * n_freq
+        real_frames = min(self.frontend.config.raw_frames(num_real), self.target_frames)
+        return min(n_time, math.ceil(real_frames / self.spec.stride[0])) * n_freq
 
-    def forward(self, wave: torch.Tensor, layers: Sequence[int] = (-1,)) -> EncoderOutput:
+    def forward(
+        self, wave: torch.Tensor, layers: Sequence[int] = (-1,), lengths: torch.Tensor | None = None
+    ) -> EncoderOutput:
         layers = [index + self.num_layers if index < 0 else index for index in layers]
         bad = [index for index in layers if not 0 <= index < self.num_layers]
         if bad or not layers:
@@ -317,10 +387,12 @@ class ViTEncoder(Encoder):
             )
         # The front end stays in float32 under autocast (log-mel of half-precision FFTs loses ~1e-2).
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            features = self.frontend(wave.float())  # [B, frames, bins]
+            features, frames = self.frontend.features(wave.float(), lengths)  # [B, frames, bins]
+        masked = self.target_frames is None and lengths is not None
         per_chunk = []
         for start, stop in self._chunks(features.shape[1]):
-            outputs, grid = self.model(features[:, start:stop], layers)
+            real_time = [self.spec.grid(max(0, min(n, stop) - start))[0] for n in frames] if masked else None
+            outputs, grid = self.model(features[:, start:stop], layers, real_time)
             per_chunk.append((outputs, grid))
         num_prefix = self.num_prefix
         patches, prefix = {}, {}
@@ -383,7 +455,7 @@ def create_vit(checkpoint: str | None = None, random_init: bool = False, **optio
     """The generic `vit`: a seeded random-weight ViT (random_init=True) for tests and baselines.
 
     Options: embed_dim (64), depth (2), num_heads (4), mlp_ratio (4.0), patch_size (16), n_mels (128),
-    num_prefix (1), clip_seconds (10.0), seed (0).
+    num_prefix (1), seed (0). Any clip length: sin-cos positions are generated for each grid.
     """
     if checkpoint is not None:
         raise ConfigError(
@@ -396,22 +468,16 @@ def create_vit(checkpoint: str | None = None, random_init: bool = False, **optio
             "with --encoder audiomae/ast/eat/sslam/atst_frame"
         )
     seed = int(options.pop("seed", 0))
-    clip_seconds = options.pop("clip_seconds", 10.0)
-    clip_seconds = None if clip_seconds is None else float(clip_seconds)
     known = {"embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "n_mels", "num_prefix"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(
-            f"encoder 'vit': unknown option(s) {unknown}; known: {sorted(known | {'seed', 'clip_seconds'})}"
+            f"encoder 'vit': unknown option(s) {unknown}; known: {sorted(known | {'seed'})}"
         )
     spec = random_vit_spec(**options)
     frontend = KaldiFbankConfig(num_mel_bins=spec.n_freq_bins, target_frames=None)
-    # `options` + seed + clip_seconds are exactly what create("vit", random_init=True, ...) needs to rebuild it.
-    provenance = {
-        "random_init": True,
-        "seed": seed,
-        "options": {**options, "seed": seed, "clip_seconds": clip_seconds},
-    }
-    encoder = ViTEncoder("vit", spec, frontend, clip_seconds, provenance=provenance)
+    # `options` + seed are exactly what create("vit", random_init=True, ...) needs to rebuild it.
+    provenance = {"random_init": True, "seed": seed, "options": {**options, "seed": seed}}
+    encoder = ViTEncoder("vit", spec, frontend, provenance=provenance)
     init_random_weights(encoder.model, seed)
     return encoder

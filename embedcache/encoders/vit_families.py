@@ -223,7 +223,6 @@ def build_from_state(
         target = getattr(raw.get("args"), "target_length", None)
         if target:
             options["target_frames"] = int(target)
-    clip_seconds = options.pop("clip_seconds", 10.0)
     frontend = default_frontend(family, options)
     try:
         spec = builder(state, frontend, options)
@@ -232,7 +231,7 @@ def build_from_state(
     if options:
         raise ConfigError(f"encoder {family!r}: unknown option(s) {sorted(options)}")
     provenance = {"random_init": False, "checkpoint": str(Path(path).name), "checkpoint_sha256": sha256}
-    encoder = ViTEncoder(family, spec, frontend, None if clip_seconds is None else float(clip_seconds), provenance)
+    encoder = ViTEncoder(family, spec, frontend, provenance)
     load_weights(encoder, state, family, path)
     return encoder
 

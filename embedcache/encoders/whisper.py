@@ -342,11 +342,11 @@ class Whisper(Encoder):
     name = "whisper"
     sample_rate = 16000
     num_prefix = 0
+    supports_lengths = True
 
-    def __init__(self, dims: WhisperEncoderDims, clip_seconds: float | None = 10.0, provenance: dict | None = None):
+    def __init__(self, dims: WhisperEncoderDims, provenance: dict | None = None):
         super().__init__()
         self.dims = dims
-        self.clip_seconds = clip_seconds
         self.num_layers = dims.n_audio_layer
         self.embed_dim = dims.n_audio_state
         self.provenance = dict(provenance or {})
@@ -354,11 +354,21 @@ class Whisper(Encoder):
         self.model = WhisperAudioEncoder(dims)
 
     def config(self) -> dict:
-        return {"family": "whisper", **self.provenance, "clip_seconds": self.clip_seconds,
-                "dims": dataclasses.asdict(self.dims)}
+        return {"family": "whisper", **self.provenance, "dims": dataclasses.asdict(self.dims)}
 
     def frontend_config(self) -> dict:
         return self.frontend.config.describe()
+
+    def clip_semantics(self) -> dict:
+        seconds = self.frontend.config.window_samples / self.sample_rate
+        return {
+            "length": "any",
+            "padding": f"waveform zero-padded to whole {seconds:g} s windows (Whisper's own pad_or_trim semantics); "
+                       "the log-mel floor is taken per clip, so batch mates change nothing",
+            "crop": "none",
+            "chunking": f"consecutive {seconds:g} s windows, each encoded alone; tokens past the real audio dropped",
+            "mask": "none (Whisper attends to its zero padding, as the official model does)",
+        }
 
     def token_grid(self, num_samples: int) -> tuple[int, int]:
         return -(-num_samples // SAMPLES_PER_TOKEN), 1
@@ -367,10 +377,15 @@ class Whisper(Encoder):
         """Tokens overlapping the real audio: one per started 20 ms."""
         return min(self.token_grid(num_real)[0], self.token_grid(num_total)[0])
 
-    def forward(self, wave: torch.Tensor, layers: Sequence[int] = (-1,)) -> EncoderOutput:
+    def forward(
+        self, wave: torch.Tensor, layers: Sequence[int] = (-1,), lengths: torch.Tensor | None = None
+    ) -> EncoderOutput:
         layers = [index + self.num_layers if index < 0 else index for index in layers]
         if not layers or min(layers) < 0 or max(layers) >= self.num_layers:
             raise ConfigError(f"whisper: layers {layers} out of range 0..{self.num_layers - 1}")
+        if lengths is not None:  # Whisper's own padding is zeros: make sure nothing but zeros follows each clip
+            wave = wave.masked_fill(torch.arange(wave.shape[-1], device=wave.device)[None] >= lengths[:, None].to(
+                wave.device), 0.0)
         n_tokens, _ = self.token_grid(wave.shape[-1])
         if n_tokens < 1:
             raise ConfigError("whisper: empty clip (0 samples)")
@@ -399,10 +414,12 @@ def find_demo_whisper_checkpoint() -> Path | None:
     return None
 
 
-def create_whisper(checkpoint: str | None = None, random_init: bool = False, clip_seconds: float | None = 10.0,
-                   seed: int = 0, **dims) -> Whisper:
-    """Registry factory: Whisper's encoder from an OpenAI `.pt` or CTranslate2 `model.bin`, or seeded random
-    weights (tiny.en sizes unless overridden: n_mels, n_audio_ctx, n_audio_state, n_audio_head, n_audio_layer)."""
+def create_whisper(checkpoint: str | None = None, random_init: bool = False, seed: int = 0, **dims) -> Whisper:
+    """Registry factory: Whisper's encoder from an OpenAI `.pt` or CTranslate2 `model.bin` (default: the demo
+    extra's tiny.en when installed), or seeded random weights (tiny.en sizes unless overridden: n_mels,
+    n_audio_ctx, n_audio_state, n_audio_head, n_audio_layer)."""
+    if checkpoint is None and not random_init:
+        checkpoint = find_demo_whisper_checkpoint()
     if checkpoint is None and not random_init:
         raise ConfigError(
             "whisper needs --checkpoint (an OpenAI .pt or a CTranslate2 model.bin); "
@@ -416,7 +433,7 @@ def create_whisper(checkpoint: str | None = None, random_init: bool = False, cli
         found, state, file_format = load_whisper_encoder_weights(checkpoint)
         path = Path(checkpoint) / "model.bin" if Path(checkpoint).is_dir() else Path(checkpoint)
         provenance = {"checkpoint": str(path), "checkpoint_sha256": sha256_file(path), "format": file_format}
-        encoder = Whisper(found, clip_seconds, provenance)
+        encoder = Whisper(found, provenance)
         encoder.model.load_state_dict(state, strict=True)
         return encoder
     fields = {field.name for field in dataclasses.fields(WhisperEncoderDims)}
@@ -426,5 +443,5 @@ def create_whisper(checkpoint: str | None = None, random_init: bool = False, cli
     provenance = {"random_init": True, "seed": seed, "options": {**dims, "seed": seed}}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = Whisper(WhisperEncoderDims(**{k: int(v) for k, v in dims.items()}), clip_seconds, provenance)
+        encoder = Whisper(WhisperEncoderDims(**{k: int(v) for k, v in dims.items()}), provenance)
     return encoder

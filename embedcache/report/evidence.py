@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from embedcache import heads as head_registry
-from embedcache.audio import fit_length, load_audio
+from embedcache.audio import fit_length, load_segment
 from embedcache.datasets import read_manifest
 from embedcache.errors import ConfigError, EmbedcacheError
 from embedcache.store import TokenStore
@@ -159,12 +159,12 @@ def clip_background(store: TokenStore, index: int, tokens: torch.Tensor, mask: t
             raise ConfigError(manifest)
         if manifest_info.get("sha256") and manifest.sha256 != manifest_info["sha256"]:
             raise ConfigError(f"{path} changed since extraction (sha256 differs)")
-        clip_id = str(store.clip_ids[index])
+        clip_id = str(store.recording_ids[index])  # a window's recording is the manifest clip
         clip = next((c for c in manifest.clips if c.clip_id == clip_id), None)
         if clip is None:
             raise ConfigError(f"clip {clip_id} is not in {path}")
         sample_rate, num_samples = int(policy["sample_rate"]), int(policy["num_samples"])
-        wave, _ = fit_length(load_audio(clip.path, sample_rate), num_samples)
+        wave, _ = fit_length(load_segment(clip.path, sample_rate, int(store.offsets[index]), num_samples), num_samples)
     except (EmbedcacheError, OSError) as error:
         return Background(token_energy(tokens, mask, store.grid), "token energy", None, f"{fallback}: {error}")
     return Background(log_mel(wave, sample_rate), "spectrogram", num_samples / sample_rate,
