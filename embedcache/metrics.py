@@ -86,3 +86,22 @@ def multiclass_metrics(targets: np.ndarray, scores: np.ndarray) -> dict:
     result = multilabel_metrics(one_hot, scores)
     result["accuracy"] = float((scores.argmax(axis=1) == indices).mean()) if count else math.nan
     return result
+
+
+def pool_by_recording(recordings: np.ndarray, targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Window rows -> recording rows: (recording ids [R], targets [R, C], scores [R, C]), in first-seen order.
+
+    A recording's score for a class is the max over its windows (the event is present if any window holds it); its
+    target is the union of its windows' targets.
+    """
+    recordings = np.asarray(recordings)
+    names, first, inverse = np.unique(recordings, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # first-seen order, not sorted ids
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    rows = rank[inverse]
+    pooled_scores = np.full((len(names), scores.shape[1]), -np.inf)
+    pooled_targets = np.zeros((len(names), targets.shape[1]), dtype=np.asarray(targets).dtype)
+    np.maximum.at(pooled_scores, rows, np.asarray(scores, dtype=np.float64))
+    np.maximum.at(pooled_targets, rows, np.asarray(targets))
+    return names[order], pooled_targets, pooled_scores

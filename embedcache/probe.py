@@ -587,7 +587,7 @@ def _evaluate_chosen(head: dict, chosen: tuple[float, float], banks: list, valid
             per_class["valid"].append(valid_metrics.get("per_class_ap"))
             entry["valid"] = _scalars(valid_metrics)
         if test is not None:
-            test_metrics = split_metrics(test.labels, bank.predict(test, which=[k])[0], multilabel)
+            test_metrics = split_metrics(test.labels, bank.predict(test, which=[k])[0], multilabel, test.recordings)
             per_class["test"].append(test_metrics.get("per_class_ap"))
             entry["test"] = _scalars(test_metrics)
         per_seed.append(entry)
@@ -824,6 +824,7 @@ def _rows_from_report(report: ProbeReport) -> list[dict]:
             "valid": (r.valid.get(r.metric), r.valid.get(f"{r.metric}_std")),
             "test": (r.test.get(r.metric), r.test.get(f"{r.metric}_std")),
             "test_map": (r.test.get("map"), r.test.get("map_std")),
+            "test_recording_map": (r.test.get("recording_map"), r.test.get("recording_map_std")),
         })
     return rows
 
@@ -838,6 +839,10 @@ def format_comparison_table(report_or_rows: ProbeReport | Sequence[dict]) -> str
     prefix_columns = (["run"] if "run" in rows[0] else []) + (["store"] if multi_store else [])
     header = prefix_columns + [
         "head", "kind", "layer", "lr", "wd", "params", "seeds", "valid", "test mAP (%)", "test metric (%)"]
+    # Stores of windows: the recording-level mAP (window scores max-pooled per recording) gets its own column.
+    recordings = any(row.get("test_recording_map", (None,))[0] is not None for row in rows)
+    if recordings:
+        header.append("test recording mAP (%)")
     lines = []
     for row in rows:
         metric_cell = f"{row['metric']} {_fmt(*row['test'])}" if row["metric"] != "map" else "-"
@@ -845,7 +850,7 @@ def format_comparison_table(report_or_rows: ProbeReport | Sequence[dict]) -> str
         lines.append([row[column] for column in prefix_columns] + [
             row["head"], row["kind"], str(row["layer"]), f"{row['lr']:g}", f"{row['weight_decay']:g}",
             f"{row['params']:,}", str(row["seeds"]), valid_cell, _fmt(*row["test_map"]), metric_cell,
-        ])
+        ] + ([_fmt(*row["test_recording_map"])] if recordings else []))
     return _render_table(header, lines)
 
 

@@ -188,6 +188,8 @@ class SplitData:
         self.prefetch_windows = prefetch_windows
         self.chunk_of = self.indices // store.chunk_clips  # [n] chunk id of each split position
         self.labels = store.labels[self.indices]  # [n, C] uint8
+        # Windows of longer recordings: which recording each row is, for recording-level metrics.
+        self.recordings = store.recording_ids[self.indices] if store.is_windowed else None
         self._targets = torch.from_numpy(self.labels.astype(np.float32))
         self._memory: RawBatch | None = self._read_windows_all() if in_memory else None
 
@@ -432,11 +434,22 @@ def selection_metric(multilabel: bool) -> str:
     return "map" if multilabel else "accuracy"
 
 
-def split_metrics(targets: np.ndarray, scores: np.ndarray, multilabel: bool) -> dict:
-    """Metrics of full-split scores [N, C] against uint8 targets [N, C]."""
-    if multilabel:
-        return metrics.multilabel_metrics(targets, scores)
-    return metrics.multiclass_metrics(targets, scores)
+def split_metrics(
+    targets: np.ndarray, scores: np.ndarray, multilabel: bool, recordings: np.ndarray | None = None
+) -> dict:
+    """Metrics of full-split scores [N, C] against uint8 targets [N, C].
+
+    With `recordings` (rows that are windows of longer recordings), the same metrics per recording too, prefixed
+    `recording_`: window scores max-pooled per recording, targets united.
+    """
+    compute = metrics.multilabel_metrics if multilabel else metrics.multiclass_metrics
+    result = compute(targets, scores)
+    if recordings is not None:
+        _, pooled_targets, pooled_scores = metrics.pool_by_recording(recordings, targets, scores)
+        # A recording whose windows disagree on a single label is multi-label: score it as such.
+        pooled = metrics.multilabel_metrics if multilabel or (pooled_targets.sum(1) != 1).any() else compute
+        result.update({f"recording_{key}": value for key, value in pooled(pooled_targets, pooled_scores).items()})
+    return result
 
 
 class HeadBank:
@@ -561,7 +574,8 @@ class HeadBank:
             evaluate = valid is not None and (last or (epoch + 1) % config.eval_every == 0)
             if evaluate:
                 scores = self.predict(valid, which=active)
-                results = {k: split_metrics(valid.labels, s, self.multilabel_) for k, s in zip(active, scores)}
+                results = {k: split_metrics(valid.labels, s, self.multilabel_, valid.recordings)
+                           for k, s in zip(active, scores)}
                 for k, result in results.items():
                     self.valid_metrics_[k] = result
                 if on_validation is not None:
