@@ -68,9 +68,16 @@ def stored_row(store: TokenStore, clip_id: str, layer: int) -> tuple[torch.Tenso
 
 def assert_row_equals(store: TokenStore, clip_id: str, layer: int, tokens: torch.Tensor,
                       prefix: torch.Tensor | None = None) -> None:
-    """The stored row holds exactly the reference's tokens [T, D] (then zeros) and prefix [P, D]."""
+    """The stored row holds exactly the reference's tokens [T, D] (then zeros) and prefix [P, D].
+
+    Prints the largest difference (`pytest tests/test_clip_lengths.py -s` shows them all).
+    """
     got, got_prefix, valid = stored_row(store, clip_id, layer)
     assert valid == tokens.shape[0], f"{clip_id}: {valid} valid tokens, the reference has {tokens.shape[0]}"
+    error = float((got[:valid] - tokens.float()).abs().max())
+    seconds = float(store.num_samples[np.flatnonzero(store.clip_ids == clip_id)[0]]) / RATE
+    print(f"{Path(store.path).stem:>10} layer {layer} {clip_id:>8} ({seconds:6.2f} s): {valid:5d} tokens, "
+          f"max |stored - reference| = {error:.1e}")
     torch.testing.assert_close(got[:valid], tokens.float(), atol=ATOL, rtol=RTOL, msg=lambda m: f"{clip_id}: {m}")
     assert not got[valid:].any(), f"{clip_id}: padding tokens are not zero"
     if prefix is not None:
