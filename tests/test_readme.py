@@ -1,0 +1,85 @@
+"""The README's code blocks run: every `embedcache` command line (shortened only by epochs/seeds/trials flags) on the
+bundled sample set, and the plain-zarr Python snippet on the store they made."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from embedcache.datasets.sample import build_sample_set
+from embedcache_cli.main import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+README = (REPO_ROOT / "README.md").read_text()
+
+# Lines that cannot run here, each with the reason; anything else that starts with `embedcache` must run.
+NOT_HERE = {
+    "my_pkg.my_module:make_encoder": "a placeholder for the reader's own encoder",
+    "--folds": "needs an ESC-50 store; tests/test_split_roles.py runs this line on a 5-fold store",
+    "/data/as20k-beats.zarr": "a multi-machine PostgreSQL sweep; tests/test_sweep.py runs it on a local server",
+}
+# Flags appended so a line finishes in seconds; the command and its other arguments are the README's.
+FAST = {
+    "probe": ["--epochs", "1", "--seeds", "1"],
+    "sweep": ["--epochs", "1", "--trials", "2", "--startup-trials", "2", "--final-seeds", "1", "--top-k", "1"],
+}
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, re.S)
+
+
+def command_lines() -> list[str]:
+    """Every `embedcache ...` line of the README's bash blocks, continuation lines joined, comments dropped."""
+    lines = []
+    for block in blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("embedcache "):
+                lines.append(line)
+    return lines
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A folder laid out like the repository: data/sample built, configs/ linked."""
+    root = tmp_path_factory.mktemp("readme")
+    build_sample_set(root / "data" / "sample")
+    (root / "configs").symlink_to(REPO_ROOT / "configs")
+    return root
+
+
+def test_every_command_line_is_run_or_named_as_not_runnable_here():
+    lines = command_lines()
+    assert len(lines) >= 8
+    for marker in NOT_HERE:
+        assert any(marker in line for line in lines), f"NOT_HERE names {marker!r}, which the README no longer has"
+
+
+def test_readme_commands_and_python_snippet_run_in_order(workdir, monkeypatch, one_thread):
+    monkeypatch.chdir(workdir)
+    runner = CliRunner()
+    ran = []
+    for line in command_lines():
+        if any(marker in line for marker in NOT_HERE):
+            continue
+        args = shlex.split(line)[1:]
+        args += FAST.get(args[0], [])
+        if args[0] == "extract":
+            args += ["--workers", "0", "--no-progress"]
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, f"{line}\n{result.output}"
+        ran.append(args[0])
+    assert {"extract", "probe", "results", "sweep"} <= set(ran)
+    assert (workdir / "runs" / "windows.zarr").is_dir() and (workdir / "runs" / "probes" / "ledger.csv").is_file()
+    (snippet,) = blocks("python")
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 (the README's own snippet)
+    assert scope["grid"].shape[:3] == (8, *scope["meta"]["layout"]["grid"])
+    assert scope["mask"].shape == scope["tokens"].shape[:2] and scope["mask"].any()
+    assert os.path.samefile(Path.cwd(), workdir)
