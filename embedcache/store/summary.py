@@ -116,7 +116,7 @@ def format_summary(summary: dict) -> str:
         f"size        {_mb(size['on_disk'])} on disk; raw tokens {_mb(size['raw_tokens'])}; "
         f"raw float16 {_mb(size['raw_float16_tokens'])} (disk/raw fp16 = {ratio:.3f})",
         _rows_line(s),
-        f"clip policy {provenance.get('clip_policy')}",
+        f"clip policy {_policy_text(provenance.get('clip_policy') or {})}",
         f"frontend    {provenance.get('frontend')}",
         f"manifest    {provenance.get('manifest')}",
         f"created     {provenance.get('created')} on {provenance.get('device')}; "
@@ -129,6 +129,17 @@ def format_summary(summary: dict) -> str:
     if s["cropped"]["count"] > CROPPED_SHOWN:
         lines.append(f"  cropped   ... and {s['cropped']['count'] - CROPPED_SHOWN} more (embedcache info --json)")
     return "\n".join(lines)
+
+
+def _policy_text(policy: dict) -> str:
+    """The recorded clip policy in words: how long a row is and the encoder's padding/chunking/mask semantics."""
+    semantics, rate = policy.get("semantics"), policy.get("sample_rate")
+    if not isinstance(semantics, dict) or not rate or not policy.get("num_samples"):
+        return str(policy)  # a format-1 store: its own crop/pad words
+    parts = [f"rows hold {policy['num_samples'] / rate:.2f} s", f"{semantics.get('length')} length"]
+    parts += [f"{key}: {semantics[key]}" for key in ("padding", "chunking", "mask") if semantics.get(key, "none")
+              != "none"]
+    return "; ".join(parts)
 
 
 def _rows_line(s: dict) -> str:
