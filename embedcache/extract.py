@@ -507,15 +507,21 @@ def encode_rows(
     tokens are those of the row alone, zeros past its valid tokens. Also prefix tokens [B, P, D] per layer and each
     row's valid token count.
 
-    Encoders that take real lengths see the whole batch; others see runs of equal-length rows only.
+    Encoders that take real lengths see the batch in groups of similar length (`length_groups`: padding a short clip
+    to a long one costs compute, quadratically in attention, and changes nothing); others see runs of equal-length
+    rows only.
     """
-    if encoder.supports_lengths:
-        groups = [(list(range(len(lengths))), encoder(waves, spec.layers, lengths))]
+    sizes = lengths.tolist()
+    if not encoder.supports_lengths:
+        runs = [[row for row, value in enumerate(sizes) if value == length] for length in sorted(set(sizes))]
+        groups = [(members, encoder(waves[members, : sizes[members[0]]], spec.layers)) for members in runs]
+    elif encoder.max_input_samples() is not None:  # a fixed input: every clip costs the same, keep the batch whole
+        groups = [(list(range(len(sizes))), encoder(waves, spec.layers, lengths))]
     else:
         groups = []
-        for length in sorted(set(lengths.tolist())):
-            members = [row for row, value in enumerate(lengths.tolist()) if value == length]
-            groups.append((members, encoder(waves[members, :length], spec.layers)))
+        for members in length_groups(sizes):
+            width = max(sizes[row] for row in members)
+            groups.append((members, encoder(waves[members, :width], spec.layers, lengths[members])))
     tokens = {layer: waves.new_zeros((len(lengths), spec.num_tokens, spec.embed_dim)) for layer in spec.layers}
     prefix = {layer: waves.new_zeros((len(lengths), spec.num_prefix, spec.embed_dim)) for layer in spec.layers}
     valid = [0] * len(lengths)
@@ -523,12 +529,28 @@ def encode_rows(
         _check_output(output, spec, encoder.name)
         for row, member in enumerate(members):
             length = int(lengths[member])
-            valid[member] = encoder.valid_tokens(length, waves.shape[-1] if encoder.supports_lengths else length)
+            valid[member] = encoder.valid_tokens(length, max(sizes[row] for row in members))
             for layer in spec.layers:
                 tokens[layer][member, : valid[member]] = output.layers[layer][row, : valid[member]]
                 if spec.num_prefix:
                     prefix[layer][member] = output.prefix[layer][row]
     return tokens, prefix, valid
+
+
+# A batch is split where the longest clip of a group would exceed this many times its shortest (at most a third
+# of a group's samples are padding).
+LENGTH_RATIO = 1.5
+
+
+def length_groups(lengths: list[int], ratio: float = LENGTH_RATIO) -> list[list[int]]:
+    """Row indices grouped by similar length: sorted by length, a new group whenever the next row is longer than
+    `ratio` times the group's shortest."""
+    groups: list[list[int]] = []
+    for row in sorted(range(len(lengths)), key=lambda index: (lengths[index], index)):
+        if not groups or lengths[row] > ratio * lengths[groups[-1][0]]:
+            groups.append([])
+        groups[-1].append(row)
+    return groups
 
 
 def _check_output(output: encoders.EncoderOutput, spec: StoreSpec, name: str) -> None:

@@ -140,3 +140,25 @@ def test_gpu_entry_refuses_full_sizes_without_cuda(tmp_path, monkeypatch, capsys
     assert gpu.main() == 2
     assert "pass --tiny" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_clip_lengths_benchmark_compares_the_designs_on_the_same_clips(tmp_path):
+    from bench import bench_clip_lengths
+
+    summary = bench_clip_lengths.run(8, tmp_path, rounds=1, batch_size=4, options={})
+    designs = summary["designs"]
+    assert summary["lengths_s"]["max"] == 30.0 and summary["lengths_s"]["min"] >= 0.3
+    longest, windows, crop, unmasked = (designs[name] for name in bench_clip_lengths.DESIGNS)
+    assert longest["row_seconds"] == 30.0 and longest["lost_seconds"] == 0.0 and longest["rows"] == 8
+    assert windows["row_seconds"] == 10.0 and windows["rows"] > 8 and windows["lost_seconds"] == 0.0
+    assert crop["lost_seconds"] == pytest.approx(sum(max(0.0, s - 10.0) for s in
+                                                     bench_clip_lengths.fsd50k_like_lengths(8)), abs=0.01)
+    # The encoder without lengths sees only equal-length runs and stores the same rows.
+    assert unmasked["valid_token_share"] == longest["valid_token_share"] and unmasked["grid"] == longest["grid"]
+    assert longest["disk_vs_rows_to_longest"] == 1.0
+    from embedcache.store import TokenStore
+
+    masked = TokenStore.open(tmp_path / "rows_to_longest.zarr")
+    runs = TokenStore.open(tmp_path / "equal_length_batches.zarr")
+    torch.testing.assert_close(masked.read_tokens(None, 0, 8).float(), runs.read_tokens(None, 0, 8).float(),
+                               atol=2e-3, rtol=2e-3)  # float16 stores of the same float32 tokens
