@@ -37,6 +37,12 @@ def load_segment(path: str | Path, sample_rate: int, start: int, length: int) ->
     """
     path = Path(path)
     try:
+        reason = _file_problem(path)
+    except OSError as error:
+        reason = f"cannot read file ({error.strerror or error})"
+    if reason is not None:
+        raise BadInputError(f"{path}: {reason}", problems=[(str(path), reason)])
+    try:
         with sf.SoundFile(path) as handle:
             rate, frames = handle.samplerate, handle.frames
             if rate == sample_rate:
