@@ -413,6 +413,10 @@ def extract(config: ExtractConfig) -> ExtractReport:
     return report
 
 
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
+
+
 def describe_cost(out: str, spec: StoreSpec, plan: RowPlan, encoder: encoders.Encoder) -> str:
     """What the store will cost, said before anything is written: rows, their length, padding, cropping, bytes."""
     rate = encoder.sample_rate
@@ -422,7 +426,7 @@ def describe_cost(out: str, spec: StoreSpec, plan: RowPlan, encoder: encoders.En
     padding = 1.0 - valid / max(1, spec.n_clips * spec.num_tokens)
     lines = [
         f"{out}: {rows} x {len(spec.layers)} layer(s) x [T={spec.num_tokens}, D={spec.embed_dim}] {spec.dtype} = "
-        f"about {spec.token_nbytes() / 1e9:.3f} GB before compression",
+        f"about {_size(spec.token_nbytes())} before compression",
         f"  each row holds {plan.capacity / rate:.2f} s (longest clip {plan.num_samples.max() / rate:.2f} s, median "
         f"{np.median(plan.num_samples) / rate:.2f} s); {padding:.0%} of token slots are padding (stored as zeros)",
     ]
