@@ -65,6 +65,8 @@ def encoders_command(seconds: float, as_json: bool) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--autocast", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Record bad rows in the store and extract the rest.")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Let symlinks in the manifest's folder lead outside it (a data folder linked in that you trust).")
 @click.option("--shard", default="0/1", show_default=True, help="i/n: this process fills the i-th of n slices.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store made with other settings.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -80,7 +82,8 @@ def extract_command(**kw) -> None:
         layers=kw["layers"], dtype=kw["dtype"], compression=kw["compression"], batch_size=kw["batch_size"],
         chunk_clips=kw["chunk_clips"], max_seconds=kw["max_seconds"] if kw["clip_seconds"] is None else kw[
             "clip_seconds"], window=kw["window"], hop=kw["hop"], workers=kw["workers"], device=kw["device"],
-        autocast=kw["autocast"], skip_bad=kw["skip_bad"], shard=_parse_shard(kw["shard"]),
+        autocast=kw["autocast"], skip_bad=kw["skip_bad"], follow_symlinks=kw["follow_symlinks"],
+        shard=_parse_shard(kw["shard"]),
         overwrite=kw["overwrite"], progress=not kw["no_progress"],
     )
     report = extract(config)

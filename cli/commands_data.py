@@ -96,9 +96,10 @@ def audioset_command(segments: tuple[str, ...], class_indices: Path, audio_dir: 
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="label vocabulary, one per line (default: labels.txt beside the manifest, if any)")
 @click.option("--workers", default=2, show_default=True, help="decoding processes")
-def check_command(manifest: Path, labels: Path | None, workers: int) -> None:
+@click.option("--follow-symlinks", is_flag=True, help="let symlinks in the manifest's folder lead outside it")
+def check_command(manifest: Path, labels: Path | None, workers: int, follow_symlinks: bool) -> None:
     """Decode every file of MANIFEST and list every bad row with its reason (exit 1 if any)."""
-    good, bad_rows = find_bad_rows(manifest, labels, workers=workers)
+    good, bad_rows = find_bad_rows(manifest, labels, workers=workers, follow_symlinks=follow_symlinks)
     for clip_id, reason in bad_rows:
         click.echo(f"{clip_id}: {reason}")
     click.echo(f"{len(good)} good clip(s), {len(bad_rows)} bad row(s); {len(good.label_names)} labels; "

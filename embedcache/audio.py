@@ -13,6 +13,10 @@ import torchaudio.functional
 
 from embedcache.errors import BadInputError
 
+# Decoded samples beyond this are not audio (float files hold [-1, 1]; int16-scaled ones reach 32768): such values
+# overflow the front ends' power spectra to inf.
+MAX_ABS_SAMPLE = 1e6
+
 # Target-rate samples decoded on each side of a segment before resampling (the sinc kernel spans a few dozen).
 _RESAMPLE_MARGIN = 1024
 
@@ -151,6 +155,11 @@ def _decoded_problem(data: np.ndarray, expected_frames: int, tolerance: float) -
     if not finite.all():
         bad = int(data.size - np.count_nonzero(finite))
         return f"{bad} NaN/inf samples"
+    peak = float(np.abs(data).max())
+    if peak > MAX_ABS_SAMPLE:
+        extreme = int(np.count_nonzero(np.abs(data) > MAX_ABS_SAMPLE))
+        return (f"{extreme} sample(s) beyond ±{MAX_ABS_SAMPLE:g} (largest {peak:.3g}): not audio in [-1, 1]; "
+                "rescale the file")
     return None
 
 

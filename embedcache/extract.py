@@ -65,6 +65,7 @@ class ExtractConfig:
     device: str = "auto"
     autocast: str = "none"
     skip_bad: bool = False
+    follow_symlinks: bool = False
     shard: tuple[int, int] = (0, 1)
     overwrite: bool = False
     progress: bool = True
@@ -269,7 +270,7 @@ def _shard_manifest(config: ExtractConfig) -> tuple[Manifest, list[tuple[str, st
     skipped rows) and only parse the manifest for the paths.
     """
     attrs = store_attrs(_wait_for_store(str(config.out), config.wait_for_store_s))
-    parsed, _ = find_bad_rows(config.manifest, config.labels, decode=False)
+    parsed, _ = find_bad_rows(config.manifest, config.labels, decode=False, follow_symlinks=config.follow_symlinks)
     by_id = {clip.clip_id: clip for clip in parsed.clips}
     group = zarr.open_group(store=urls.open_store(str(config.out), "r"), mode="r")
     stored_ids = list(dict.fromkeys(group["recording_ids"][:].tolist()))
@@ -320,7 +321,8 @@ def extract(config: ExtractConfig) -> ExtractReport:
     workers = config.workers if config.workers is not None else min(4, max(1, (os.cpu_count() or 2) - 1))
 
     if config.shard[0] == 0:
-        manifest, bad = find_bad_rows(config.manifest, config.labels, workers=max(1, workers))
+        manifest, bad = find_bad_rows(config.manifest, config.labels, workers=max(1, workers),
+                                      follow_symlinks=config.follow_symlinks)
     else:
         distributed.barrier()  # pairs with rank 0's barrier once the store exists
         manifest, bad = _shard_manifest(config)

@@ -78,9 +78,11 @@ class _Row:
     fields: dict[str, object]
 
 
-def read_manifest(path: str | Path, labels_path: str | Path | None = None) -> Manifest:
+def read_manifest(
+    path: str | Path, labels_path: str | Path | None = None, follow_symlinks: bool = False
+) -> Manifest:
     """Parse and validate a manifest (no audio decoding); raises BadInputError listing every bad row."""
-    parsed = _parse(Path(path), labels_path)
+    parsed = _parse(Path(path), labels_path, follow_symlinks)
     if parsed.bad_rows:
         raise BadInputError(
             f"{path}: {len(parsed.bad_rows)} bad row(s); fix them or run `embedcache manifest check {path}`",
@@ -90,13 +92,18 @@ def read_manifest(path: str | Path, labels_path: str | Path | None = None) -> Ma
 
 
 def find_bad_rows(
-    manifest_path: str | Path, labels_path: str | Path | None = None, workers: int = 2, decode: bool = True
+    manifest_path: str | Path,
+    labels_path: str | Path | None = None,
+    workers: int = 2,
+    decode: bool = True,
+    follow_symlinks: bool = False,
 ) -> tuple[Manifest, list[tuple[str, str]]]:
     """Parse the manifest and fully decode every file; returns (manifest of the good clips, [(clip id, reason)]).
 
-    decode=False checks the rows only (columns, ids, labels, paths) and decodes nothing.
+    decode=False checks the rows only (columns, ids, labels, paths) and decodes nothing. follow_symlinks lets a
+    symlink in the manifest's folder lead outside it (by default such a row is bad).
     """
-    parsed = _parse(Path(manifest_path), labels_path)
+    parsed = _parse(Path(manifest_path), labels_path, follow_symlinks)
     manifest = parsed.manifest
     root = manifest.source.parent
     paths = [clip.path for clip in manifest.clips]
@@ -137,7 +144,7 @@ def split_labels(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(part.strip() for part in text.split(LABEL_SEPARATOR) if part.strip()))
 
 
-def _parse(path: Path, labels_path: str | Path | None) -> _Parsed:
+def _parse(path: Path, labels_path: str | Path | None, follow_symlinks: bool = False) -> _Parsed:
     """Read rows, check them, and build the manifest of syntactically good rows plus the bad ones."""
     if not path.is_file():
         raise ConfigError(f"{path}: manifest not found")
@@ -156,7 +163,7 @@ def _parse(path: Path, labels_path: str | Path | None) -> _Parsed:
     # Every id seen so far, good row or bad, so a repeat of a bad row's id is still a duplicate.
     first_row: dict[str, int] = {}
     for row in _read_rows(path):
-        clip, reason = _validate(row, root, vocabulary, first_row)
+        clip, reason = _validate(row, root, vocabulary, first_row, follow_symlinks)
         name = str(row.fields.get("clip_id") or "").strip()
         if name:
             first_row.setdefault(name, row.number)
@@ -172,13 +179,37 @@ def _parse(path: Path, labels_path: str | Path | None) -> _Parsed:
     return _Parsed(manifest, clip_rows, bad_rows)
 
 
+def _field_problem(fields: dict) -> str | None:
+    """Why the row's fields are not what a manifest row holds (extra CSV values, wrong JSON types), or None."""
+    if None in fields:  # csv.DictReader's key for values past the header's columns
+        extra = [value for value in fields[None] if value is not None]
+        return (f"{len(COLUMNS) + len(extra)} or more values but the header names fewer columns (extra "
+                f"{extra[:3]}); several labels are separated by ';', not ',' (or quote the field)")
+    for column in ("clip_id", "path", "split"):
+        value = fields.get(column)
+        if column == "clip_id" and isinstance(value, int) and not isinstance(value, bool):
+            continue  # an integer id reads the same as text; floats and booleans do not
+        if value is not None and not isinstance(value, str):
+            return (f"{column} must be a string, got {json.dumps(value)[:40]} ({type(value).__name__}); "
+                    f"write it in quotes")
+    labels = fields.get("labels")
+    if labels is not None and not isinstance(labels, str) and not (
+        isinstance(labels, list) and all(isinstance(name, str) for name in labels)
+    ):
+        return f"labels must be a string ('a;b') or a list of strings, got {json.dumps(labels)[:40]}"
+    return None
+
+
 def _validate(
-    row: _Row, root: Path, vocabulary: list[str] | None, first_row: dict[str, int]
+    row: _Row, root: Path, vocabulary: list[str] | None, first_row: dict[str, int], follow_symlinks: bool = False
 ) -> tuple[Clip | None, str | None]:
     """A Clip for a good row, or the reason the row is bad."""
     missing = [column for column in COLUMNS if row.fields.get(column) is None]
     if missing:
         return None, f"missing column(s) {', '.join(missing)}; rows need {', '.join(COLUMNS)}"
+    problem = _field_problem(row.fields)
+    if problem is not None:
+        return None, problem
     clip_id = str(row.fields["clip_id"]).strip()
     if not clip_id:
         return None, "empty clip_id"
@@ -196,23 +227,29 @@ def _validate(
         unknown = [name for name in labels if name not in vocabulary]
         if unknown:
             return None, f"unknown label(s) {', '.join(map(repr, unknown))} (not in the label vocabulary)"
-    audio_path, reason = _resolve_inside(str(row.fields["path"]).strip(), root)
+    audio_path, reason = _resolve_inside(str(row.fields["path"]).strip(), root, follow_symlinks)
     if reason is not None:
         return None, reason
     return Clip(clip_id, audio_path, labels, split), None
 
 
-def _resolve_inside(text: str, root: Path) -> tuple[Path | None, str | None]:
-    """The absolute path of a manifest path, which must be relative and stay inside the manifest's folder."""
+def _resolve_inside(text: str, root: Path, follow_symlinks: bool = False) -> tuple[Path | None, str | None]:
+    """The absolute path of a manifest path, which must be relative and stay inside the manifest's folder, also
+    after following symlinks (unless `follow_symlinks`: a data folder linked in from elsewhere)."""
     if not text:
         return None, "empty path"
     if Path(text).is_absolute() or PurePosixPath(text).is_absolute() or (len(text) > 1 and text[1] == ":"):
         return None, f"{text}: absolute path; paths must be relative to the manifest's folder"
-    # Lexical check (no symlink resolution), so a data folder linked in from elsewhere still works.
     normal = os.path.normpath(text)
     if normal == ".." or normal.startswith(".." + os.sep):
         return None, f"{text}: path escapes the dataset root {root}"
-    return root / normal, None
+    path = root / normal
+    if not follow_symlinks:
+        real = Path(os.path.realpath(path))
+        if real != path and not real.is_relative_to(Path(os.path.realpath(root))):
+            return None, (f"{text}: a symlink leads outside the dataset root {root} (to {real}); copy the data in, "
+                          "or pass --follow-symlinks if you trust this folder")
+    return path, None
 
 
 def _read_rows(path: Path) -> Iterator[_Row]:

@@ -85,6 +85,15 @@ def from_stored(array: np.ndarray, dtype: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+def nonfinite_rows(array: np.ndarray, dtype: str) -> np.ndarray:
+    """Indices of the rows (first axis) of an on-disk array of `dtype` that hold NaN or inf."""
+    if dtype == "bfloat16":  # exponent bits all ones: inf or NaN
+        bad = (np.ascontiguousarray(array).view(np.uint16) & 0x7F80) == 0x7F80
+    else:
+        bad = ~np.isfinite(array)
+    return np.flatnonzero(bad.reshape(len(array), -1).any(axis=1))
+
+
 def choose_chunk_clips(num_tokens: int, embed_dim: int, dtype: str, n_clips: int) -> int:
     """Clips per chunk so one layer's chunk holds about TARGET_CHUNK_BYTES."""
     clip_bytes = max(1, num_tokens * embed_dim * itemsize(dtype))

@@ -110,6 +110,8 @@ def create_store(
     except OSError as error:
         if error.errno == errno.ENOSPC:
             raise disk_full_error(str(path), error) from error
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise StoreError(f"{path}: cannot write there ({error.strerror}); choose a writable --out") from error
         raise
 
 
@@ -203,11 +205,30 @@ def store_attrs(group: zarr.Group) -> dict:
     return attrs
 
 
+# Every node `create_store` makes: a group holding only these and no embedcache attributes is a creation that was
+# killed before its attributes (written last) were; it holds no tokens yet and is safe to start again.
+CREATED_NODES = frozenset({
+    "tokens", "prefix", "valid_tokens", "num_samples", "labels", "splits", "clip_ids", "chunk_done",
+    *layout.ROW_ARRAYS,
+})
+
+
+def interrupted_creation(group: zarr.Group) -> bool:
+    """Whether `group` is a store whose creation was killed before its root attributes were written."""
+    # Tokens are written only after the attributes, so such a group holds none.
+    return layout.ATTRS_KEY not in group.attrs.asdict() and set(group.keys()) <= CREATED_NODES
+
+
 def open_for_resume(path: str | Path, fingerprint: str, fingerprint_fields: dict) -> zarr.Group | None:
-    """Open an existing store to resume it, None when nothing is there; refuse one made with other settings."""
+    """Open an existing store to resume it, None when nothing is there (or only a creation killed before it wrote
+    its attributes, which is removed); refuse one made with other settings."""
     try:
         group = urls.open_group(path, mode="r+")
     except urls.MissingStoreError:
+        refuse_foreign_folder(path)
+        return None
+    if interrupted_creation(group):
+        remove_store(path)  # nothing was extracted into it yet: start it again
         return None
     attrs = store_attrs(group)
     if attrs["fingerprint"] != fingerprint:
@@ -222,8 +243,28 @@ def open_for_resume(path: str | Path, fingerprint: str, fingerprint_fields: dict
     return group
 
 
+def refuse_foreign_folder(path: str | Path) -> None:
+    """A local folder that exists, holds files and is not a store is the user's: never write a store into it."""
+    if urls.is_remote(path) or urls.is_zip(path):
+        return
+    folder = urls.local_path(path)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        what = "a file" if not folder.is_dir() else "a folder with other files in it"
+        raise StoreError(f"{path}: is {what}, not a token store; choose a new or empty --out (nothing was written)")
+
+
 def remove_store(path: str | Path) -> None:
-    """Delete a store, local or remote (used by --overwrite)."""
+    """Delete a store, local or remote (used by --overwrite); a folder that is not an embedcache store is refused."""
+    if urls.store_exists(path) and not urls.is_zip(path):
+        try:
+            group = urls.open_group(path, mode="r")
+        except StoreError:
+            group = None
+        if group is not None and layout.ATTRS_KEY not in group.attrs.asdict() and not interrupted_creation(group):
+            raise StoreError(f"{path}: is a Zarr group but not an embedcache token store; --overwrite only replaces "
+                             "token stores: choose another --out")
+    else:
+        refuse_foreign_folder(path)
     urls.remove_store(path)
 
 
@@ -255,8 +296,21 @@ def write_chunk(
     prefix: dict[int, np.ndarray],
     valid_tokens: np.ndarray,
 ) -> None:
-    """Write one chunk's arrays (already in the stored dtype), then set its completion marker."""
+    """Write one chunk's arrays (already in the stored dtype), then set its completion marker.
+
+    Tokens that are not finite are refused before anything of the chunk is written, naming the clips.
+    """
     start, stop = spec.chunk_range(chunk)
+    for layer in spec.layers:
+        for kind, arrays in (("tokens", tokens), ("prefix tokens", prefix if spec.num_prefix else {})):
+            rows = layout.nonfinite_rows(arrays[layer], spec.dtype) if layer in arrays else []
+            if len(rows):
+                ids = [group["clip_ids"][start + int(row)] for row in rows[:3]]
+                raise StoreError(
+                    f"{', '.join(map(str, ids[:3]))}{' ...' if len(rows) > 3 else ''}: {kind} of layer {layer} "
+                    f"hold NaN or inf in {spec.dtype}; nothing of chunk {chunk} was marked done. Check that clip's "
+                    "audio for extreme values, or extract with --dtype float32 if float16 overflows"
+                )
     for layer in spec.layers:
         writable(group, layout.tokens_path(layer))[start:stop] = tokens[layer]
         if spec.num_prefix:
@@ -309,6 +363,8 @@ class BackgroundChunkWriter:
             return
         if isinstance(error, OSError) and error.errno == errno.ENOSPC:
             raise disk_full_error(f"writing to {self._group.store}", error) from error
+        if isinstance(error, StoreError):
+            raise error
         raise StoreError(f"writing to {self._group.store} failed: {error}") from error
 
     def submit(self, chunk: int, tokens: dict, prefix: dict, valid_tokens: np.ndarray) -> None:
