@@ -121,22 +121,51 @@ def shuffle_windows(
     chunk_of: [n] chunk id of each split position.
     """
     rng = np.random.default_rng([seed, epoch])
-    chunks = rng.permutation(np.unique(chunk_of))
-    width = len(chunks) if not window_chunks else min(window_chunks, len(chunks))
-    windows = []
-    for start in range(0, len(chunks), max(1, width)):
-        ids = np.sort(chunks[start : start + width])
-        windows.append((ids, rng.permutation(np.flatnonzero(np.isin(chunk_of, ids)))))
-    return windows
+    index = ChunkIndex(chunk_of)
+    chunks = rng.permutation(index.ids)
+    width = max(1, len(chunks) if not window_chunks else min(window_chunks, len(chunks)))
+    # Every window's chunk ids sorted, and all their positions gathered at once; only the shuffles loop.
+    groups = [np.sort(chunks[start : start + width]) for start in range(0, len(chunks), width)]
+    ordered = np.concatenate(groups) if groups else chunks
+    positions = index.positions(ordered)
+    sizes = np.add.reduceat(index.sizes(ordered), np.arange(0, len(ordered), width)) if groups else []
+    parts = np.split(positions, np.cumsum(sizes)[:-1]) if groups else []
+    return [(ids, rng.permutation(part)) for ids, part in zip(groups, parts, strict=True)]
 
 
 def sequential_windows(chunk_of: np.ndarray, window_chunks: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Windows in storage order with positions ascending (evaluation)."""
-    chunks = np.unique(chunk_of)
+    index = ChunkIndex(chunk_of)
+    chunks = index.ids
     return [
-        (chunks[i : i + window_chunks], np.flatnonzero(np.isin(chunk_of, chunks[i : i + window_chunks])))
+        (chunks[i : i + window_chunks], index.positions(chunks[i : i + window_chunks]))
         for i in range(0, len(chunks), window_chunks)
     ]
+
+
+class ChunkIndex:
+    """Where each chunk's clips sit in a split: one stable sort, then any set of chunks in O(its clips).
+
+    chunk_of: [n] chunk id of each split position (ascending for a store split, which makes the sort linear).
+    """
+
+    def __init__(self, chunk_of: np.ndarray):
+        self._order = np.argsort(chunk_of, kind="stable")
+        ordered = chunk_of[self._order]
+        self.ids, self._starts = np.unique(ordered, return_index=True)
+        self._stops = np.append(self._starts[1:], len(ordered))
+
+    def sizes(self, ids: np.ndarray) -> np.ndarray:
+        """Clips of each chunk in `ids`."""
+        at = np.searchsorted(self.ids, ids)
+        return self._stops[at] - self._starts[at]
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Split positions of the clips of chunks `ids` (ascending ids), ascending within each chunk."""
+        at = np.searchsorted(self.ids, ids)
+        starts, lengths = self._starts[at], self._stops[at] - self._starts[at]
+        offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return self._order[np.repeat(starts, lengths) + offsets]
 
 
 # -- data -------------------------------------------------------------------------------------------------

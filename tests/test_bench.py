@@ -162,3 +162,12 @@ def test_clip_lengths_benchmark_compares_the_designs_on_the_same_clips(tmp_path)
     runs = TokenStore.open(tmp_path / "equal_length_batches.zarr")
     torch.testing.assert_close(masked.read_tokens(None, 0, 8).float(), runs.read_tokens(None, 0, 8).float(),
                                atol=2e-3, rtol=2e-3)  # float16 stores of the same float32 tokens
+
+
+def test_plan_benchmark_times_both_plans_and_checks_they_agree(tmp_path):
+    out = tmp_path / "plan.json"
+    result = subprocess.run([sys.executable, "-m", "bench.bench_plan", "--sizes", "20000", "--scan-sizes", "20000",
+                             "--rounds", "1", "--out", str(out)], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["clips"] == 20000 and row["same_windows"] is True and row["scan_plan_s"] > 0
