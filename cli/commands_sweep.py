@@ -5,8 +5,6 @@ from __future__ import annotations
 import click
 
 from embedcache.errors import ConfigError
-from embedcache.probe import load_config, parse_splits
-from embedcache.sweep import format_results, run_sweep
 
 
 def _range(text: str | None, option: str) -> list[float] | None:
@@ -52,6 +50,9 @@ def sweep_command(
     min_epochs, reduction_factor, top_k, final_seeds, final, final_now, epochs, batch_size, device, splits,
 ) -> None:
     """Search lr and weight decay for one head on STORE (Sobol, then TPE, pruned), then re-run the best with seeds."""
+    from embedcache.probe import load_config, parse_splits
+    from embedcache.sweep import format_results, run_sweep
+
     config = load_config(config_path) if config_path else {}
     train = {key: value for key, value in (("epochs", epochs), ("batch_size", batch_size), ("device", device))
              if value is not None}

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional
 
 from embedcache.errors import BadInputError
 
@@ -28,8 +26,7 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """Decode an audio file to float32 mono [S] at `sample_rate`; raises BadInputError naming the file."""
     wave, rate = decode_mono(path)
     if rate != sample_rate:
-        resampled = torchaudio.functional.resample(torch.from_numpy(wave), rate, sample_rate)
-        wave = resampled.numpy().astype(np.float32, copy=False)
+        wave = resample(wave, rate, sample_rate)
     return wave
 
 
@@ -62,9 +59,18 @@ def load_segment(path: str | Path, sample_rate: int, start: int, length: int) ->
             data = handle.read(max(0, last - first), dtype="float32", always_2d=True).mean(axis=1, dtype=np.float32)
     except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as error:
         raise BadInputError(f"{path}: cannot read ({_short(error)})", problems=[(str(path), _short(error))]) from None
-    resampled = torchaudio.functional.resample(torch.from_numpy(data), rate, sample_rate).numpy()
+    resampled = resample(data, rate, sample_rate)
     offset = first * sample_rate // rate
     return resampled[start - offset : start - offset + length].astype(np.float32, copy=False)
+
+
+def resample(wave: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """torchaudio's band-limited sinc resampling of float32 [S] from `rate` to `sample_rate`."""
+    import torch  # here, not at import time: manifests and the CLI's --help need no torch
+    import torchaudio.functional
+
+    return torchaudio.functional.resample(torch.from_numpy(wave), rate, sample_rate).numpy().astype(np.float32,
+                                                                                                    copy=False)
 
 
 def check_audio(path: str | Path) -> str | None:
