@@ -61,6 +61,12 @@ def encoders_command(seconds: float, as_json: bool) -> None:
 @click.option("--clip-seconds", type=float, hidden=True, help="Old name of --max-seconds.")
 @click.option("--window", type=float, help="Cut every recording into rows of this many seconds (nothing is cropped).")
 @click.option("--hop", type=float, help="Seconds between window starts (default: --window, no overlap).")
+@click.option("--augment", type=click.Choice(["mixup"]),
+              help="Pre-generate augmented copies of the train split's rows (BirdSet few-shot protocol).")
+@click.option("--copies", type=int, default=5, show_default=True, help="Augmented copies of each train row.")
+@click.option("--p", "augment_p", type=float, default=0.9, show_default=True,
+              help="Probability that a copy is mixed (else it repeats its row).")
+@click.option("--augment-seed", type=int, default=0, show_default=True, help="Seed of the mixing recipes.")
 @click.option("--workers", type=int, help="Decoding worker processes (default: min(4, cores - 1)).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--autocast", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True)
@@ -73,7 +79,14 @@ def encoders_command(seconds: float, as_json: bool) -> None:
 def extract_command(**kw) -> None:
     """Run a frozen encoder once over a manifest and cache every patch token in a Zarr store."""
     from embedcache.extract import ExtractConfig, extract
+    from embedcache.rows import Mixup
 
+    mixup = None
+    if kw["augment"] == "mixup":
+        try:
+            mixup = Mixup(copies=kw["copies"], p=kw["augment_p"], seed=kw["augment_seed"])
+        except ValueError as error:
+            raise ConfigError(f"--augment mixup: {error}") from None
     if kw["clip_seconds"] is not None and kw["max_seconds"] is not None:
         raise ConfigError("--clip-seconds is the old name of --max-seconds: give only --max-seconds")
     config = ExtractConfig(
@@ -81,7 +94,8 @@ def extract_command(**kw) -> None:
         random_init=kw["random_init"], encoder_options=_parse_options(kw["encoder_options"]), labels=kw["labels"],
         layers=kw["layers"], dtype=kw["dtype"], compression=kw["compression"], batch_size=kw["batch_size"],
         chunk_clips=kw["chunk_clips"], max_seconds=kw["max_seconds"] if kw["clip_seconds"] is None else kw[
-            "clip_seconds"], window=kw["window"], hop=kw["hop"], workers=kw["workers"], device=kw["device"],
+            "clip_seconds"], window=kw["window"], hop=kw["hop"], mixup=mixup, workers=kw["workers"],
+        device=kw["device"],
         autocast=kw["autocast"], skip_bad=kw["skip_bad"], follow_symlinks=kw["follow_symlinks"],
         shard=_parse_shard(kw["shard"]),
         overwrite=kw["overwrite"], progress=not kw["no_progress"],

@@ -26,7 +26,7 @@ from embedcache.checkpoints import sha256_file
 from embedcache.datasets import Manifest, find_bad_rows
 from embedcache.device import resolve_device
 from embedcache.errors import BadInputError, ConfigError, StoreError
-from embedcache.rows import DEFAULT_MAX_SECONDS, RowPlan, plan_clips, plan_windows
+from embedcache.rows import DEFAULT_MAX_SECONDS, Mixup, RowPlan, add_mixup, mix, plan_clips, plan_windows
 from embedcache.store import layout, urls
 from embedcache.store.writer import (
     BackgroundChunkWriter,
@@ -61,6 +61,8 @@ class ExtractConfig:
     max_seconds: float | None = None
     window: float | None = None
     hop: float | None = None
+    # Pre-generated augmented training copies (`--augment mixup --copies 5 --p 0.9`), or None.
+    mixup: Mixup | None = None
     workers: int | None = None
     device: str = "auto"
     autocast: str = "none"
@@ -104,10 +106,17 @@ class _RowDataset(torch.utils.data.Dataset):
         return self.plan.n_rows
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
-        plan = self.plan
-        path = self.paths[int(plan.clip[index])]
-        wave = audio.load_segment(path, self.sample_rate, int(plan.offsets[index]), int(plan.lengths[index]))
+        wave = self._load(index)
+        if self.plan.n_base is not None and index >= self.plan.n_base:
+            recipe = self.plan.mixes[index - self.plan.n_base]
+            if recipe:
+                wave = mix(wave, [self._load(row) for row, _ in recipe], [snr for _, snr in recipe])
         return index, torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+
+    def _load(self, row: int) -> np.ndarray:
+        plan = self.plan
+        path = self.paths[int(plan.clip[row])]
+        return audio.load_segment(path, self.sample_rate, int(plan.offsets[row]), int(plan.lengths[row]))
 
 
 def _collate(items: list) -> tuple[list[int], torch.Tensor, torch.Tensor]:
@@ -136,6 +145,15 @@ def real_lengths(manifest: Manifest, sample_rate: int) -> np.ndarray:
         info = soundfile.info(str(clip.path))
         lengths.append(math.ceil(info.frames * sample_rate / info.samplerate))
     return np.asarray(lengths, np.int64)
+
+
+def row_labels(clip_labels: np.ndarray, plan: RowPlan) -> np.ndarray:
+    """[rows, C] labels: each row's clip's, and for a mixup copy the union with every row mixed into it."""
+    labels = clip_labels[plan.clip].copy()
+    for i, recipe in enumerate(plan.mixes):
+        for source, _ in recipe:
+            labels[plan.n_base + i] |= labels[source]
+    return labels
 
 
 def plan_rows(config: ExtractConfig, encoder: encoders.Encoder, lengths: np.ndarray) -> RowPlan:
@@ -344,6 +362,12 @@ def extract(config: ExtractConfig) -> ExtractReport:
         raise BadInputError(f"{config.manifest}: no usable clips", bad)
     skipped = [{"clip_id": clip_id, "reason": reason} for clip_id, reason in bad]
     plan = plan_rows(config, encoder, lengths)
+    if config.mixup is not None:
+        splits = np.array([c.split for c in manifest.clips])
+        if config.mixup.split not in set(splits.tolist()):
+            raise ConfigError(f"--augment mixup: the manifest has no split {config.mixup.split!r} to augment "
+                              f"(its splits: {', '.join(manifest.split_names())})")
+        plan = add_mixup(plan, np.flatnonzero(splits[plan.clip] == config.mixup.split), config.mixup)
     n_time, n_freq = encoder.token_grid(plan.capacity)
     n_clips = plan.n_rows
     row_ids = plan.row_ids([c.clip_id for c in manifest.clips])
@@ -392,7 +416,7 @@ def extract(config: ExtractConfig) -> ExtractReport:
             clip_splits = np.array([split_names.index(c.split) for c in manifest.clips], np.uint8)
             rows = RowInfo([manifest.clips[c].clip_id for c in plan.clip], plan.offsets, plan.lost)
             group = create_store(
-                out, spec, row_ids, manifest.label_matrix()[plan.clip], clip_splits[plan.clip],
+                out, spec, row_ids, row_labels(manifest.label_matrix(), plan), clip_splits[plan.clip],
                 plan.num_samples, provenance, fingerprint, skipped, rows,
             )
         distributed.barrier()  # under torchrun: every rank opens the store only after rank 0 made it
@@ -424,6 +448,8 @@ def describe_cost(out: str, spec: StoreSpec, plan: RowPlan, encoder: encoders.En
     rate = encoder.sample_rate
     rows = f"{spec.n_clips} rows" + (f" ({plan.window / rate:g} s windows, hop {plan.hop / rate:g} s)"
                                      if plan.window else "")
+    if plan.mixup is not None:
+        rows += f" (of which {len(plan.copy_of)} mixup copies of {plan.mixup.split!r} rows)"
     valid = sum(encoder.valid_tokens(int(n), plan.capacity) for n in plan.lengths)
     padding = 1.0 - valid / max(1, spec.n_clips * spec.num_tokens)
     lines = [
