@@ -1,12 +1,14 @@
 """Reading token stores: metadata as numpy, tokens as torch tensors, whole chunks at a time.
 
 Stores open read-only from a path, a `.zip` or a URL; a missing or corrupt chunk is a StoreError naming its key,
-never silently zeros or a codec traceback.
+never silently zeros or a codec traceback. The root attributes pass `schema` before anything is sized from them, and
+every array is compared with the shape and dtype the layout promises before it is read.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -16,9 +18,9 @@ import torch
 import zarr
 
 from embedcache.errors import StoreError
-from embedcache.store import layout, safety, urls
+from embedcache.store import layout, safety, schema, urls
 from embedcache.store.subset import Subset, select
-from embedcache.store.writer import StoreSpec, pending_chunks, store_attrs
+from embedcache.store.writer import pending_chunks
 
 
 def chunk_keys(array: zarr.Array, path: str, start: int, stop: int) -> list[str]:
@@ -39,14 +41,30 @@ def describe_read_error(error: BaseException) -> str:
     return f"could not be read or decoded ({type(error).__name__}: {text[:200]})"
 
 
+def _unreadable_metadata(store, url: str, error: BaseException) -> StoreError:
+    """The StoreError for metadata that json or zarr cannot parse (nested too deeply, absurd numbers, wrong types)."""
+    if isinstance(error, RecursionError):
+        try:
+            json.loads(urls.get_bytes(store, "zarr.json") or b"{}")
+            key = "an array's zarr.json"
+        except RecursionError:
+            key = "zarr.json"
+        except ValueError:
+            key = "zarr.json"
+        what = "JSON nested too deeply to parse"
+    else:
+        key, what = "zarr.json", f"cannot be parsed ({type(error).__name__}: {str(error)[:200]})"
+    return StoreError(f"{url}: {key}: {what}; {schema.damaged(url)}")
+
+
 class TokenStore:
     """A read-only view of one token store; open it with `TokenStore.open(url)`, optionally as a subset."""
 
     def __init__(self, group: zarr.Group, path: str, subset: Subset | dict | str | None = None):
         self._group = group
         self.path = path
-        self._attrs = store_attrs(group)
-        self.spec = StoreSpec.from_attrs(self._attrs["layout"])
+        self._attrs, self.spec = schema.parse_attrs(group.attrs.asdict().get(layout.ATTRS_KEY), path)
+        self._expected = schema.expected_arrays(self.spec, self.format_version)
         self._present: dict[str, set[str]] = {}
         self._arrays: dict[str, zarr.Array] = {}
         self.subset = Subset.from_value(subset)
@@ -63,7 +81,8 @@ class TokenStore:
     ) -> TokenStore:
         """Open a store read-only (local path, .zip or URL); refuse one still being written unless `allow_incomplete`.
 
-        The metadata of every node is checked first: a store with object/pickle codecs or dtypes is refused.
+        The metadata of every node is checked first: a store with object/pickle codecs or dtypes is refused, and so is
+        one whose attributes break the schema or whose per-row arrays disagree with its layout.
         """
         url = str(path)
         try:
@@ -75,17 +94,65 @@ class TokenStore:
             raise StoreError(f"{url}: no token store there" + (
                 " (Zarr v2 metadata is there: only Zarr v3 stores are read)" if v2
                 else f" (run `embedcache extract ... --out {url}` first)"))
-        safety.ensure_safe(store, url)
-        group = zarr.open_group(store=store, mode="r", zarr_format=3)
+        try:
+            safety.ensure_safe(store, url)
+            group = zarr.open_group(store=store, mode="r", zarr_format=3)
+        except (RecursionError, ValueError, TypeError, KeyError) as error:
+            raise _unreadable_metadata(store, url, error) from None
         token_store = cls(group, url, subset)
-        if not allow_incomplete and not token_store.is_complete:
-            missing = len(pending_chunks(group))
+        if token_store.is_complete:
+            token_store.check_arrays()
+        elif not allow_incomplete:
+            missing = token_store.pending_chunks()
+            count = f"{missing} of {token_store.spec.n_chunks} chunks missing" if missing is not None else (
+                "an append is resizing its arrays")
             raise StoreError(
-                f"{url}: the store is still being written or was interrupted ({missing} of "
-                f"{token_store.spec.n_chunks} chunks missing); finish it by re-running the same `embedcache extract` "
-                "command"
+                f"{url}: the store is still being written or was interrupted ({count}); finish it by re-running the "
+                "same `embedcache extract` (or `embedcache append`) command"
             )
         return token_store
+
+    def check_arrays(self) -> None:
+        """Open every per-row array and the completion markers, refusing any whose shape or dtype breaks the layout."""
+        for path in [*schema.row_arrays(self.spec, self.format_version), "chunk_done"]:
+            self._array(path)
+
+    def pending_chunks(self) -> int | None:
+        """How many chunks are not yet written; None while an append has not yet resized the markers."""
+        try:
+            self._array("chunk_done")
+        except StoreError:
+            if self.is_complete:
+                raise
+            return None
+        return len(pending_chunks(self._group))
+
+    def check_rows(self) -> None:
+        """Refuse the per-row values `verify` reports as damage: labels other than 0/1, split codes outside
+        layout.split_names, valid_tokens outside 0..T. Cheap (small arrays, kept for training), and training on them
+        silently moves every metric."""
+        found = []
+        labels = self.labels
+        bad = labels > 1
+        if bad.any():
+            row, column = (int(i) for i in np.argwhere(bad)[0])
+            found.append(f"labels hold {int(bad.sum())} value(s) other than 0/1 (e.g. {int(labels[row, column])} at "
+                         f"row {row}, class {self.label_names[column]!r})")
+        codes, names = self.split_codes, self.spec.split_names
+        bad = codes >= len(names)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            found.append(f"splits hold {int(bad.sum())} code(s) outside 0..{len(names) - 1} (e.g. {int(codes[row])} at "
+                         f"row {row}; layout.split_names has {len(names)} names)")
+        valid = self.valid_tokens
+        bad = (valid < 0) | (valid > self.num_tokens)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            found.append(f"valid_tokens hold {int(bad.sum())} value(s) outside 0..{self.num_tokens} (e.g. "
+                         f"{int(valid[row])} at row {row})")
+        if found:
+            raise StoreError(f"{self.path}: {'; '.join(found)}; the store is damaged or was edited: run "
+                             f"`embedcache verify {self.path}`, then re-copy or re-extract it")
 
     # -- checked reads ---------------------------------------------------------------------------------------
     def _present_keys(self, path: str) -> set[str]:
@@ -97,7 +164,20 @@ class TokenStore:
     def _array(self, path: str) -> zarr.Array:
         # Opened once: on object storage every open is a request for the array's metadata.
         if path not in self._arrays:
-            self._arrays[path] = self._group[path]
+            try:
+                node = self._group[path]
+            except KeyError:
+                raise StoreError(f"{self.path}: array {path} is missing; {schema.damaged(self.path)}") from None
+            except (ValueError, TypeError, RecursionError) as error:
+                raise StoreError(f"{self.path}: {path}/zarr.json cannot be read ({type(error).__name__}: "
+                                 f"{str(error)[:200]}); {schema.damaged(self.path)}") from None
+            if not isinstance(node, zarr.Array):
+                raise StoreError(f"{self.path}: {path} is a group, not an array; {schema.damaged(self.path)}")
+            expected = self._expected.get(path)
+            problem = expected and schema.array_problem(node.shape, node.dtype, expected)
+            if problem:
+                raise StoreError(f"{self.path}: array {path} {problem}; {schema.damaged(self.path)}")
+            self._arrays[path] = node
         return self._arrays[path]
 
     def read_rows(self, path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -297,7 +377,7 @@ class TokenStore:
         if layer is None:
             return self.spec.layers[-1]
         if layer < 0:
-            layer += int(self.provenance.get("encoder", {}).get("num_layers", max(self.spec.layers) + 1))
+            layer += (self.provenance.get("encoder") or {}).get("num_layers") or max(self.spec.layers) + 1
         if layer not in self.spec.layers:
             raise StoreError(f"{self.path}: layer {layer} was not extracted; stored layers are {self.layers}")
         return layer
@@ -305,7 +385,7 @@ class TokenStore:
     # -- tokens --------------------------------------------------------------------------------------------
     def token_array(self, layer: int | None = None) -> zarr.Array:
         """The raw Zarr array [N, T, D] of one layer (bfloat16 appears as uint16 bits); reads are unchecked."""
-        return self._group[layout.tokens_path(self.resolve_layer(layer))]
+        return self._array(layout.tokens_path(self.resolve_layer(layer)))
 
     def read_tokens(self, layer: int | None, start: int, stop: int) -> torch.Tensor:
         """Tokens [stop - start, T, D] of a contiguous clip range, in the stored dtype."""

@@ -1,9 +1,10 @@
 """`embedcache verify`: decode every chunk of a store and check it against its own layout and provenance.
 
 Checks, each reported as (key, what is wrong): metadata safety (no object/pickle codecs), the embedcache
-attributes, every expected array's shape and dtype and a crc32c codec on it, every chunk present and decoding
-(checksums), NaN/inf in tokens, completion markers and status, per-clip arrays in range, and provenance that
-agrees with the layout. A truncated zip is scanned entry by entry to name the entry it cuts and what is lost.
+attributes against `schema` (types and bounds, formats 1 and 2), every expected array's shape and dtype and a
+crc32c codec on it, every chunk present and decoding (checksums), NaN/inf in tokens, completion markers and status,
+per-clip arrays in range, and provenance that agrees with the layout. A truncated zip is scanned entry by entry to
+name the entry it cuts and what is lost.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import numpy as np
 import zarr
 
 from embedcache.errors import StoreError
-from embedcache.store import layout, safety, urls
+from embedcache.store import layout, safety, schema, urls
 from embedcache.store.reader import chunk_keys, describe_read_error
+from embedcache.store.schema import expected_arrays
 from embedcache.store.writer import StoreSpec, fingerprint_of
 
 # Chunks decoded per request: remote stores fetch them concurrently.
@@ -62,25 +64,6 @@ class VerifyReport:
         return [problem.key for problem in self.problems]
 
 
-def expected_arrays(spec: StoreSpec, version: int = layout.FORMAT_VERSION) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Array path -> (shape, stored numpy dtype name) of everything the layout (of format `version`) promises."""
-    n, stored = spec.n_clips, np.dtype(layout.stored_numpy_dtype(spec.dtype)).name
-    arrays = {}
-    for layer in spec.layers:
-        arrays[layout.tokens_path(layer)] = ((n, spec.num_tokens, spec.embed_dim), stored)
-        if spec.num_prefix:
-            arrays[layout.prefix_path(layer)] = ((n, spec.num_prefix, spec.embed_dim), stored)
-    arrays["valid_tokens"] = ((n,), "int32")
-    arrays["num_samples"] = ((n,), "int64")
-    arrays["labels"] = ((n, len(spec.label_names)), "uint8")
-    arrays["splits"] = ((n,), "uint8")
-    arrays["clip_ids"] = ((n,), "string")
-    if version >= 2:
-        arrays.update({name: ((n,), dtype) for name, dtype in layout.ROW_ARRAYS.items()})
-    arrays["chunk_done"] = ((spec.n_chunks,), "uint8")
-    return arrays
-
-
 def verify_store(url: str | Path, check_values: bool = True) -> VerifyReport:
     """Check every chunk and attribute of the store at `url` (read-only); the report lists what is wrong."""
     started = time.perf_counter()
@@ -104,18 +87,14 @@ def _verify(report: VerifyReport, check_values: bool) -> None:
     if not urls.has_key(store, "zarr.json"):
         report.add(url, f"no token store there ({safety.metadata_problems(store)[0]})")
         return
-    unsafe = safety.metadata_problems(store)
-    if unsafe:
-        for line in unsafe:
-            key, _, what = line.partition(": ")
-            report.add(key, what)
-        return  # nothing unsafe is ever decoded
-    group = zarr.open_group(store=store, mode="r", zarr_format=3)
+    group = _open_checked(report, store)
+    if group is None:
+        return  # nothing unsafe or unparseable is ever decoded
     attrs = group.attrs.asdict().get(layout.ATTRS_KEY)
     spec = _check_attrs(report, attrs)
     if spec is None:
         return
-    arrays = _check_arrays(report, group, spec)
+    arrays = _check_arrays(report, group, spec, attrs["format_version"])
     for path, array in arrays.items():
         _check_chunks(report, group, path, array, check_values and path.startswith(("tokens/", "prefix/")))
     if "chunk_done" in arrays:
@@ -124,57 +103,54 @@ def _verify(report: VerifyReport, check_values: bool) -> None:
     _check_provenance(report, attrs, spec)
 
 
-def _check_attrs(report: VerifyReport, attrs) -> StoreSpec | None:
-    key = f"zarr.json:attributes.{layout.ATTRS_KEY}"
-    if not isinstance(attrs, dict):
-        report.add(key, "missing: not an embedcache token store")
-        return None
-    if attrs.get("format_version") not in layout.READABLE_VERSIONS:
-        report.add(f"{key}.format_version", f"{attrs.get('format_version')!r}, this embedcache reads "
-                                            f"{', '.join(map(str, layout.READABLE_VERSIONS))}")
-        return None
-    missing = [name for name in ("status", "layout", "provenance", "fingerprint") if name not in attrs]
-    if missing:
-        report.add(key, f"missing field(s) {missing}")
-        return None
+def _open_checked(report: VerifyReport, store) -> zarr.Group | None:
+    """The root group once every node's metadata is safe and parseable; None (problems reported) otherwise."""
     try:
-        spec = StoreSpec.from_attrs(attrs["layout"])
-    except (TypeError, KeyError, ValueError) as error:
-        report.add(f"{key}.layout", f"not a valid layout ({error})")
-        return None
-    if spec.grid[0] * spec.grid[1] != spec.num_tokens:
-        report.add(f"{key}.layout.grid", f"{list(spec.grid)} holds {spec.grid[0] * spec.grid[1]} tokens, "
-                                         f"but num_tokens is {spec.num_tokens}")
-    if spec.dtype not in layout.DTYPES:
-        report.add(f"{key}.layout.dtype", f"{spec.dtype!r} is not one of {layout.DTYPES}")
-        return None
-    if spec.chunk_clips < 1 or spec.n_clips < 0 or sorted(set(spec.layers)) != list(spec.layers):
-        report.add(f"{key}.layout", "chunk_clips must be >= 1 and layers sorted and unique")
+        unsafe = safety.metadata_problems(store)
+        if not unsafe:
+            return zarr.open_group(store=store, mode="r", zarr_format=3)
+    except RecursionError:
+        unsafe = ["zarr.json: JSON nested too deeply to parse (here or in an array's zarr.json)"]
+    except (ValueError, TypeError, KeyError) as error:
+        unsafe = [f"zarr.json: cannot be parsed ({type(error).__name__}: {str(error)[:200]})"]
+    for line in unsafe:
+        key, _, what = line.partition(": ")
+        report.add(key, what)
+    return None
+
+
+def _check_attrs(report: VerifyReport, attrs) -> StoreSpec | None:
+    """The layout once the attributes match the schema; each problem is reported by its key."""
+    problems = schema.attrs_problems(attrs)
+    for key, what in problems:
+        report.add(key, what)
+    if problems:
         return None
     if attrs.get("growing"):
-        report.add(f"{key}.growing", f"an append was interrupted ({attrs['growing']}); re-run the same "
-                                     "`embedcache append` command to finish it")
-    return spec
+        report.add(f"{schema.KEY}.growing", f"an append was interrupted (mode {attrs['growing']['mode']!r}, from "
+                                            f"{schema.show(attrs['growing'].get('source'))}); re-run the same "
+                                            "`embedcache append` command to finish it")
+    return StoreSpec.from_attrs(attrs["layout"])
 
 
-def _check_arrays(report: VerifyReport, group: zarr.Group, spec: StoreSpec) -> dict[str, zarr.Array]:
+def _check_arrays(report: VerifyReport, group: zarr.Group, spec: StoreSpec, version: int) -> dict[str, zarr.Array]:
     """Open every expected array, checking shape, dtype, chunking and checksum codec."""
     found = {}
-    for path, (shape, dtype) in expected_arrays(spec, group.attrs[layout.ATTRS_KEY]["format_version"]).items():
+    for path, expected in expected_arrays(spec, version).items():
         try:
             array = group[path]
         except KeyError:
             report.add(path, "array missing")
             continue
+        except (ValueError, TypeError, RecursionError) as error:
+            report.add(f"{path}/zarr.json", f"cannot be read ({type(error).__name__}: {str(error)[:200]})")
+            continue
         if not isinstance(array, zarr.Array):
             report.add(path, "is a group, expected an array")
             continue
-        if tuple(array.shape) != shape:
-            report.add(path, f"shape {list(array.shape)}, the layout promises {list(shape)}")
-            continue
-        got = "string" if array.dtype.kind in "OTU" else np.dtype(array.dtype).name
-        if got != dtype:
-            report.add(path, f"dtype {got}, the layout promises {dtype}")
+        problem = schema.array_problem(array.shape, array.dtype, expected)
+        if problem:
+            report.add(path, problem.removeprefix("has "))
             continue
         codecs = [codec.get("name") for codec in array.metadata.to_dict().get("codecs", [])]
         if not codecs or codecs[-1] != "crc32c":
