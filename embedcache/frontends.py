@@ -97,6 +97,15 @@ def eat_fbank_config(target_frames: int | None = 1024) -> KaldiFbankConfig:
     return KaldiFbankConfig(mean=-4.268, std=4.569, target_frames=target_frames)
 
 
+# ASiT's pre-training input (main_ASiT.py --num_frames): 37 time patches of 16 frames.
+ASIT_FRAMES = 592
+
+
+def asit_fbank_config(target_frames: int | None = ASIT_FRAMES) -> KaldiFbankConfig:
+    """ASiT: the AudioMAE/AST fbank at 32 kHz (800-sample frames, 320-sample hop, mel up to 16 kHz), 592 frames."""
+    return KaldiFbankConfig(sample_rate=32000, target_frames=target_frames)
+
+
 def clip_lengths(wave: torch.Tensor, lengths: torch.Tensor | None) -> list[int]:
     """Each clip's real length in samples: `lengths` [B], or the whole padded width when None."""
     if lengths is None:

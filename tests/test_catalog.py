@@ -71,10 +71,13 @@ def test_listed_sizes_are_the_released_ones(rows):
     expected = {
         "audiomae": ([64, 8], 1, 768), "ast": ([101, 12], 2, 768), "eat": ([64, 8], 1, 768),
         "sslam": ([64, 8], 1, 768), "atst_frame": ([250, 1], 0, 768), "beats": ([62, 8], 0, 768),
-        "dasheng": ([250, 1], 0, 768), "whisper": ([500, 1], 0, 384),
+        "dasheng": ([250, 1], 0, 768), "whisper": ([500, 1], 0, 384), "asit": ([37, 8], 1, 768),
     }  # fmt: skip
     assert {name: (rows[name]["grid"], rows[name]["prefix"], rows[name]["embed_dim"]) for name in expected} == expected
-    assert {rows[name]["n_mels"] for name in ("audiomae", "ast", "eat", "sslam", "beats")} == {128}
+    assert {rows[name]["n_mels"] for name in ("audiomae", "ast", "eat", "sslam", "beats", "asit")} == {128}
+    # ASiT (data_transformations.py): 32 kHz, 592 frames -> 37 x 8 = 296 patches + cls, for 5.92 s as for 10 s.
+    assert rows["asit"]["sample_rate"] == 32000 and rows["asit"]["valid_tokens"] == 296
+    assert describe("asit", seconds=5.92)["grid"] == [37, 8]
     assert (rows["dasheng"]["n_mels"], rows["atst_frame"]["n_mels"], rows["whisper"]["n_mels"]) == (64, 64, 80)
 
 
@@ -122,6 +125,10 @@ def test_clip_semantics_follow_the_official_pipelines(rows):
         assert "log domain, before normalisation" in semantics["padding"]
         assert rows[name]["max_input_seconds"] == pytest.approx((400 + 1023 * 160) / 16000)  # 1024 kaldi frames
         assert rows[name]["clip_policy"].startswith("fixed input (1024 frames, 10.255 s)")
+    asit = rows["asit"]["clip_semantics"]
+    assert asit["length"] == "fixed" and asit["input_frames"] == 592 and "log domain" in asit["padding"]
+    assert rows["asit"]["max_input_seconds"] == pytest.approx((800 + 591 * 320) / 32000)  # 592 frames at 32 kHz
+    assert "no recipe for longer inputs" in asit["crop"]
     for name in ("beats", "dasheng", "atst_frame", "whisper", "melpatch", "vit"):
         assert rows[name]["clip_semantics"]["length"] == "any" and rows[name]["max_input_seconds"] is None
     assert "padding_mask" in rows["beats"]["clip_semantics"]["mask"]

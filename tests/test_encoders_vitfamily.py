@@ -410,6 +410,8 @@ def test_guess_family_from_keys():
     assert guess_family(["encoder.layers.0.self_attn.grep_linear.weight"]) == "beats"
     assert guess_family(["front_end.0.mel_scale.fb"]) == "dasheng"
     assert guess_family(["module.v.patch_embed.proj.weight"]) == "ast"
+    assert guess_family(["backbone.patch_embed.proj.weight", "head_cls.mlp.0.weight"]) == "asit"
+    assert guess_family(["module.backbone.patch_embed.proj.weight"]) == "asit"
     assert guess_family(["blocks.0.norm1.weight"]) is None
 
 
@@ -420,6 +422,7 @@ def test_guess_family_from_keys():
         ("ast", "dasheng", "dasheng_tiny.pt", "dasheng"),
         ("eat", "audiomae", "audiomae_tiny.pth", "audiomae"),
         ("atst_frame", "ast", "ast_tiny.pth", "ast"),
+        ("asit", "audiomae", "audiomae_tiny.pth", "audiomae"),
     ],
 )
 def test_wrong_family_checkpoint_is_refused_with_a_hint(encoder_fixtures, family, folder, filename, hint):

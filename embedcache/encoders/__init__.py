@@ -19,6 +19,7 @@ _BUILTINS: dict[str, str] = {
     "eat": "embedcache.encoders.vit_families:create_eat",
     "sslam": "embedcache.encoders.vit_families:create_sslam",
     "atst_frame": "embedcache.encoders.vit_families:create_atst_frame",
+    "asit": "embedcache.encoders.vit_families:create_asit",
     "beats": "embedcache.encoders.beats:create_beats",
     "dasheng": "embedcache.encoders.dasheng:create_dasheng",
     "whisper": "embedcache.encoders.whisper:create_whisper",

@@ -19,11 +19,12 @@ from embedcache import encoders
 from embedcache.encoders.base import Encoder
 from embedcache.errors import EmbedcacheError
 
-# Released ViT-B checkpoints (AudioMAE, AST, EAT/SSLAM, ATST-Frame): width, depth, MLP width.
+# Released ViT-B checkpoints (AudioMAE, AST, EAT/SSLAM, ATST-Frame, ASiT): width, depth, MLP width.
 VIT_B = {"embed_dim": 768, "depth": 12, "mlp_hidden": 3072}
 # Rows of each released file's position table (after the key remap): AudioMAE cls + 64 x 8; AST cls + dist +
-# 12 x 101; EAT/SSLAM the 768 x 8 sin-cos table, no cls row; ATST-Frame an unused slot + 250 time patches.
-VIT_POS_ROWS = {"audiomae": 513, "ast": 1214, "eat": 6144, "sslam": 6144, "atst_frame": 251}
+# 12 x 101; EAT/SSLAM the 768 x 8 sin-cos table, no cls row; ATST-Frame an unused slot + 250 time patches; ASiT
+# cls + 37 x 8 (592 frames).
+VIT_POS_ROWS = {"audiomae": 513, "ast": 1214, "eat": 6144, "sslam": 6144, "atst_frame": 251, "asit": 297}
 
 
 def released_vit_state(
@@ -100,6 +101,7 @@ FAMILIES: dict[str, Family] = {
         Family("eat", "EAT-base (ViT-B/16)", "--checkpoint", _vit("eat")),
         Family("sslam", "SSLAM (EAT-base architecture)", "--checkpoint", _vit("sslam")),
         Family("atst_frame", "ATST-Frame base (ViT-B, 64 x 4 patches)", "--checkpoint", _vit("atst_frame")),
+        Family("asit", "ASiT ViT-B/16 (32 kHz, 592-frame input)", "--checkpoint", _vit("asit")),
         Family("beats", "BEATs iter3+ (AS2M)", "--checkpoint or --random-init", _registry("beats", True)),
         Family("dasheng", "dasheng-base", "--checkpoint or --random-init", _registry("dasheng", True)),
         Family("whisper", "Whisper tiny.en (the [demo] extra)", "--checkpoint or --random-init",

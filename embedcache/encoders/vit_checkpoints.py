@@ -106,12 +106,24 @@ def remap_atst_frame(state: Tensors) -> Tensors:
     return out
 
 
+def remap_asit(state: Tensors) -> Tensors:
+    """ASiT `teacher` (`backbone.*`), DDP `student` (`module.backbone.*`) or bare backbone keys -> canonical names.
+
+    Keys are timm's already; the pre-training heads `head_cls.*` (MLP + weight-normed prototype layers) and
+    `head_recons.*` (reconstruction MLP + transposed conv) are dropped.
+    """
+    state = strip_prefix(state, "module.")
+    state = drop_keys(state, ("head_cls.", "head_recons."))
+    return strip_prefix(state, "backbone.")
+
+
 REMAPS: dict[str, Callable[[Tensors], Tensors]] = {
     "audiomae": remap_audiomae,
     "ast": remap_ast,
     "eat": remap_eat,
     "sslam": remap_eat,
     "atst_frame": remap_atst_frame,
+    "asit": remap_asit,
 }
 
 # Key fragments that identify a family's official file, for "this looks like a X checkpoint" hints.
@@ -125,6 +137,8 @@ _SIGNATURES: list[tuple[str, str]] = [
     ("v.patch_embed.proj.weight", "ast"),
     (ATST_TEACHER + "patch_embed.patch_embed.weight", "atst_frame"),
     ("patch_embed.patch_embed.weight", "atst_frame"),
+    ("backbone.patch_embed.proj.weight", "asit"),
+    ("module.backbone.patch_embed.proj.weight", "asit"),
     ("decoder_pred.weight", "audiomae"),
     ("encoder.conv1.weight", "whisper"),
     ("decoder_embed.weight", "audiomae"),

@@ -1,7 +1,9 @@
-"""Official-checkpoint ViT families: AudioMAE, AST, EAT, SSLAM, ATST-Frame, each a ViTSpec + front end + key remap."""
+"""Official-checkpoint ViT families: AudioMAE, AST, EAT, SSLAM, ATST-Frame, ASiT, each a ViTSpec + front end + key
+remap."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +12,15 @@ from embedcache.checkpoints import find_state_dict, load_checkpoint, sha256_file
 from embedcache.encoders.vit import FREQ_FIRST, TIME_FIRST, ViTEncoder, ViTSpec
 from embedcache.encoders.vit_checkpoints import REMAPS, Tensors, guess_family
 from embedcache.errors import ConfigError
-from embedcache.frontends import KaldiFbankConfig, MelDbConfig, atst_mel_config, audioset_fbank_config, eat_fbank_config
+from embedcache.frontends import (
+    ASIT_FRAMES,
+    KaldiFbankConfig,
+    MelDbConfig,
+    asit_fbank_config,
+    atst_mel_config,
+    audioset_fbank_config,
+    eat_fbank_config,
+)
 
 # Where each family's official file keeps its weights (first match wins; else the top level).
 CONTAINERS: dict[str, tuple[str, ...]] = {
@@ -19,9 +29,18 @@ CONTAINERS: dict[str, tuple[str, ...]] = {
     "eat": ("model",),
     "sslam": ("model",),
     "atst_frame": ("state_dict", "teacher"),
+    # main_ASiT.py saves {'student', 'teacher', ...}; the EMA teacher is the model to use.
+    "asit": ("teacher", "student", "model", "state_dict"),
 }
 
-LABELS = {"audiomae": "AudioMAE", "ast": "AST", "eat": "EAT", "sslam": "SSLAM", "atst_frame": "ATST-Frame"}
+LABELS = {
+    "audiomae": "AudioMAE",
+    "ast": "AST",
+    "eat": "EAT",
+    "sslam": "SSLAM",
+    "atst_frame": "ATST-Frame",
+    "asit": "ASiT",
+}
 
 
 def _require(state: Tensors, keys: list[str], family: str, path: str) -> None:
@@ -152,6 +171,32 @@ def atst_frame_spec(state: Tensors, frontend: MelDbConfig, options: dict) -> ViT
     )
 
 
+def asit_spec(state: Tensors, frontend: KaldiFbankConfig, options: dict) -> ViTSpec:
+    """ASiT: AudioMAE's layout (time-first 16x16 patches, cls with table row 0, pre-LN, final norm) with a learned
+    table sized for the trained input; `target_frames` may use fewer time patches than the table, never more."""
+    spec = audiomae_spec(state, frontend, options)
+    rows, n_freq = state["pos_embed"].shape[1] - 1, spec.pos_grid[1]
+    if rows % n_freq:
+        raise ConfigError(f"the position table has {rows} patch rows, not a multiple of {n_freq} frequency patches")
+    n_time = spec.grid(frontend.target_frames)[0]
+    if not 1 <= n_time <= spec.pos_grid[0]:
+        raise ConfigError(
+            f"target_frames={frontend.target_frames} gives {n_time} time patches but the position table covers "
+            f"1..{spec.pos_grid[0]} ({spec.pos_grid[0] * spec.patch[0]} frames); pass a target_frames in that range"
+        )
+    return spec
+
+
+def asit_trained_frames(state: Tensors, raw: dict | None) -> int:
+    """The input length ASiT was pre-trained on: the saved `args.num_frames`, else what its position table covers."""
+    frames = getattr((raw or {}).get("args"), "num_frames", None)
+    if frames:
+        return int(frames)
+    kernel_t, kernel_f = state["patch_embed.proj.weight"].shape[2:]
+    n_freq = asit_fbank_config().num_mel_bins // kernel_f
+    return (state["pos_embed"].shape[1] - 1) // n_freq * kernel_t
+
+
 SpecBuilder = Callable[[Tensors, "KaldiFbankConfig | MelDbConfig", dict], ViTSpec]
 
 FAMILIES: dict[str, tuple[SpecBuilder, list[str]]] = {
@@ -160,6 +205,7 @@ FAMILIES: dict[str, tuple[SpecBuilder, list[str]]] = {
     "eat": (eat_spec, ["patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.0.mlp.fc1.weight"]),
     "sslam": (eat_spec, ["patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.0.mlp.fc1.weight"]),
     "atst_frame": (atst_frame_spec, ["patch_embed.proj.weight", "pos_embed", "blocks.0.mlp.fc1.weight"]),
+    "asit": (asit_spec, ["patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.0.mlp.fc1.weight"]),
 }
 
 
@@ -167,7 +213,7 @@ def default_frontend(family: str, options: dict) -> KaldiFbankConfig | MelDbConf
     """The official front end of `family`; `target_frames` (Kaldi families) may be overridden."""
     if family == "atst_frame":
         return atst_mel_config()
-    target = options.pop("target_frames", 1024)
+    target = options.pop("target_frames", ASIT_FRAMES if family == "asit" else 1024)
     target = None if target is None else int(target)
     if family in ("eat", "sslam"):
         if target is not None and target % 16:
@@ -175,7 +221,23 @@ def default_frontend(family: str, options: dict) -> KaldiFbankConfig | MelDbConf
         return eat_fbank_config(target)
     if target is None:
         raise ConfigError(f"{LABELS[family]}: needs a fixed target_frames (its position table has a fixed size)")
+    if family == "asit":
+        return asit_fbank_config(target)
     return audioset_fbank_config(target)
+
+
+class ASiTEncoder(ViTEncoder):
+    """ASiT as a fixed-length ViT whose clip semantics say why clips past its trained input are cropped."""
+
+    def clip_semantics(self) -> dict:
+        semantics = super().clip_semantics()
+        window = math.floor(self.max_input_samples() / self.sample_rate * 100) / 100
+        semantics["crop"] += (
+            "; the official code has no recipe for longer inputs (pre-training cuts 6 s crops to "
+            f"{self.target_frames} frames), so they are cropped like AudioMAE/AST; --window {window:g} encodes long "
+            "recordings as consecutive windows"
+        )
+        return semantics
 
 
 def load_weights(encoder: ViTEncoder, state: Tensors, family: str, path: str) -> None:
@@ -223,6 +285,8 @@ def build_from_state(
         target = getattr(raw.get("args"), "target_length", None)
         if target:
             options["target_frames"] = int(target)
+    if family == "asit" and "target_frames" not in options:
+        options["target_frames"] = asit_trained_frames(state, raw)
     frontend = default_frontend(family, options)
     try:
         spec = builder(state, frontend, options)
@@ -231,7 +295,7 @@ def build_from_state(
     if options:
         raise ConfigError(f"encoder {family!r}: unknown option(s) {sorted(options)}")
     provenance = {"random_init": False, "checkpoint": str(Path(path).name), "checkpoint_sha256": sha256}
-    encoder = ViTEncoder(family, spec, frontend, provenance)
+    encoder = (ASiTEncoder if family == "asit" else ViTEncoder)(family, spec, frontend, provenance)
     load_weights(encoder, state, family, path)
     return encoder
 
@@ -259,3 +323,15 @@ def create_sslam(checkpoint: str | None = None, random_init: bool = False, **opt
 def create_atst_frame(checkpoint: str | None = None, random_init: bool = False, **options) -> ViTEncoder:
     """ATST-Frame from its Lightning .ckpt (teacher encoder); options final_norm_layers, chunk_frames."""
     return create_family("atst_frame", checkpoint, random_init, **options)
+
+
+def create_asit(checkpoint: str | None = None, random_init: bool = False, **options) -> ViTEncoder:
+    """ASiT from a main_ASiT.py checkpoint (`teacher` with `backbone.` keys; else the DDP `student`, or a bare
+    backbone), at 32 kHz.
+
+    Option target_frames: the fbank is zero-padded or cropped to it in the log domain (default: the length it was
+    trained on, `args.num_frames` or what the position table covers: 592 frames = 5.935 s for the released shapes,
+    37 x 8 patches + cls). Longer clips are cropped to it, as `extract` reports: the official code gives no recipe
+    for longer inputs; use `extract --window` for long recordings. Smaller values use the table's first time rows.
+    """
+    return create_family("asit", checkpoint, random_init, **options)
