@@ -460,12 +460,12 @@ def create_vit(checkpoint: str | None = None, random_init: bool = False, **optio
     if checkpoint is not None:
         raise ConfigError(
             "encoder 'vit' takes no --checkpoint (it is the random-weight ViT); for official weights use "
-            "--encoder audiomae, ast, eat, sslam or atst_frame"
+            "--encoder audiomae, ast, eat, sslam, atst_frame or asit"
         )
     if not random_init:
         raise ConfigError(
             "encoder 'vit' has no pretrained weights: pass --random-init (seeded) or --checkpoint "
-            "with --encoder audiomae/ast/eat/sslam/atst_frame"
+            "with --encoder audiomae/ast/eat/sslam/atst_frame/asit"
         )
     seed = int(options.pop("seed", 0))
     known = {"embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "n_mels", "num_prefix"}
