@@ -349,11 +349,16 @@ def assign_splits(requested: dict, available: dict[str, tuple[str, Sequence[str]
 
 
 def open_stores(config: dict) -> dict[str, TokenStore]:
-    """The store each role reads (train/valid/test): the config's store, or its split_stores entry, checked."""
+    """The store each role reads (train/valid/test): the config's store, or its split_stores entry, checked.
+
+    Per-row values that `verify` reports as damage (labels other than 0/1, ...) are refused here, before training.
+    """
     train_store = TokenStore.open(config["store"], subset=config["subset"])
+    train_store.check_rows()
     stores = {role: train_store for role in SPLIT_ROLES}
     for role, path in config["split_stores"].items():
         stores[role] = TokenStore.open(path, subset=config["subset"])
+        stores[role].check_rows()
         _check_compatible(train_store, stores[role], role)
     return stores
 

@@ -275,3 +275,20 @@ def test_without_a_validation_split_only_single_configurations_run(tmp_path, sto
     report = run_probe(store.path, ["linear"], tmp_path / "one", config=single)
     assert report.results[0].valid == {} and 0.0 <= report.results[0].test["map"] <= 1.0
     assert set(report.data_paths) == {"train", "test"}
+
+
+# -- a stranger's store and hand-edited inputs ------------------------------------------------------------
+@pytest.mark.parametrize("array,row,value,message", [
+    ("labels", (5, 1), 200, "labels hold 1 value(s) other than 0/1 (e.g. 200 at row 5, class 'bell')"),
+    ("splits", 7, 9, "splits hold 1 code(s) outside 0..2 (e.g. 9 at row 7"),
+    ("valid_tokens", 3, 99, "valid_tokens hold 1 value(s) outside 0..8 (e.g. 99 at row 3)"),
+    ("valid_tokens", 4, -1, "valid_tokens hold 1 value(s) outside 0..8 (e.g. -1 at row 4)"),
+])
+def test_probe_refuses_what_verify_reports_in_the_per_row_arrays(tmp_path, store, array, row, value, message):
+    zarr.open_group(store.path, mode="r+")[array][row] = value
+    result = CliRunner().invoke(main, ["probe", store.path, "--head", "linear", "--out", str(tmp_path / "run"),
+                                       "--epochs", "1", "--device", "cpu", "--lr", "1e-3"])
+    assert result.exit_code == 1 and message in result.output and "run `embedcache verify" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    verify = CliRunner().invoke(main, ["verify", store.path])
+    assert verify.exit_code == 1 and f"  {array}: " in verify.output
