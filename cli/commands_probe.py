@@ -8,6 +8,7 @@ from embedcache.errors import ConfigError
 from embedcache.probe import (
     format_comparison_table,
     format_folds_table,
+    grid_values,
     load_config,
     parse_splits,
     read_ledger,
@@ -17,15 +18,16 @@ from embedcache.probe import (
 
 
 def _numbers(text: str | None, option: str) -> list[float] | None:
-    """'1e-3,3e-3' -> [0.001, 0.003]; None stays None."""
+    """'1e-3,3e-3' -> [0.001, 0.003], each checked as a learning rate or weight decay; None stays None."""
     if text is None:
         return None
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
+        numbers = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise ConfigError(
             f"{option} {text!r}: give numbers separated by commas, e.g. {option} 1e-3,3e-3"
         ) from None
+    return grid_values(numbers, option)
 
 
 @click.command("probe")

@@ -32,6 +32,8 @@ from embedcache.train import (
     HeadSpec,
     SplitData,
     TrainConfig,
+    checked_lr,
+    checked_weight_decay,
     open_splits,
     selection_metric,
     split_metrics,
@@ -99,6 +101,23 @@ def _as_list(value, field_name: str) -> list[float]:
         raise ConfigError(f"{field_name}: expected a number or a list of numbers, got {value!r}") from None
 
 
+def grid_values(value, key: str) -> list[float]:
+    """A learning-rate or weight-decay grid (`key` ends in lr or weight_decay, or is --lr/--weight-decay), checked."""
+    check = checked_lr if key.endswith("lr") else checked_weight_decay
+    return [check(number, key) for number in _as_list(value, key)]
+
+
+def _whole(value, key: str, low: int | None = None, null: bool = False) -> int | None:
+    """An integer config value (not a float, string or boolean), else a ConfigError naming `key`."""
+    if value is None and null:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        bound = f" >= {low}" if low is not None else ""
+        extra = " (a stored layer; negative counts from the encoder's last block) or null" if null else ""
+        raise ConfigError(f"{key}: {value!r} is not a whole number{bound}{extra}")
+    return value
+
+
 def _resolve_head(entry, grid: dict, index: int) -> dict:
     if isinstance(entry, str):
         entry = {"kind": entry}
@@ -114,8 +133,8 @@ def _resolve_head(entry, grid: dict, index: int) -> dict:
     return {
         "name": str(entry.get("name", kind)),
         "kind": kind,
-        "lr": _as_list(entry.get("lr", grid["lr"]), f"heads[{index}].lr"),
-        "weight_decay": _as_list(entry.get("weight_decay", grid["weight_decay"]), f"heads[{index}].weight_decay"),
+        "lr": grid_values(entry.get("lr", grid["lr"]), f"heads[{index}].lr"),
+        "weight_decay": grid_values(entry.get("weight_decay", grid["weight_decay"]), f"heads[{index}].weight_decay"),
         "options": dict(entry.get("options") or {}),
     }
 
@@ -156,9 +175,11 @@ def resolve_config(config: dict | None = None, **overrides) -> dict:
         merged["heads"] = [h.strip() for h in merged["heads"].split(",") if h.strip()]
     if not merged["heads"]:
         raise ConfigError("heads: name at least one head kind, e.g. --head protobin")
+    if not isinstance(merged["grid"], dict):
+        raise ConfigError(f"grid: expected a mapping with lr and weight_decay, got {merged['grid']!r}")
     grid = {
-        "lr": _as_list(merged["grid"].get("lr", [1e-3]), "grid.lr"),
-        "weight_decay": _as_list(merged["grid"].get("weight_decay", [1e-4]), "grid.weight_decay"),
+        "lr": grid_values(merged["grid"].get("lr", [1e-3]), "grid.lr"),
+        "weight_decay": grid_values(merged["grid"].get("weight_decay", [1e-4]), "grid.weight_decay"),
     }
     merged["grid"] = grid
     merged["heads"] = [_resolve_head(entry, grid, i) for i, entry in enumerate(merged["heads"])]
@@ -172,9 +193,8 @@ def resolve_config(config: dict | None = None, **overrides) -> dict:
     merged["splits"] = {role: _split_value(merged["splits"].get(role), role) for role in SPLIT_ROLES}
     if set(merged["split_stores"]) - set(SPLIT_ROLES):
         raise ConfigError(f"split_stores: keys must be among {list(SPLIT_ROLES)}, got {sorted(merged['split_stores'])}")
-    if int(merged["seeds"]) < 1:
-        raise ConfigError(f"seeds: {merged['seeds']} must be >= 1")
-    merged["seeds"], merged["seed"] = int(merged["seeds"]), int(merged["seed"])
+    merged["seeds"], merged["seed"] = _whole(merged["seeds"], "seeds", 1), _whole(merged["seed"], "seed")
+    merged["layer"] = _whole(merged["layer"], "layer", null=True)
     merged["train"] = TrainConfig.from_dict(merged["train"]).to_dict()
     merged["subset"] = Subset.from_value(merged["subset"]).to_dict() or None  # the view, recorded as plain data
     return merged

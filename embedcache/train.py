@@ -32,6 +32,33 @@ STREAMING = "streaming"
 DATA_PATHS = ("auto", IN_MEMORY, STREAMING)
 
 
+def checked_lr(value, key: str) -> float:
+    """`value` as a learning rate (a finite number > 0), else a ConfigError naming `key` (the option or config key)."""
+    number = _number(value)
+    if number is None or not number > 0:
+        raise ConfigError(f"{key}: {_shown(value)} is not a positive finite learning rate (e.g. 1e-3)")
+    return number
+
+
+def checked_weight_decay(value, key: str) -> float:
+    """`value` as a weight decay (a finite number >= 0), else a ConfigError naming `key`."""
+    number = _number(value)
+    if number is None or not number >= 0:
+        raise ConfigError(f"{key}: {_shown(value)} is not a finite weight decay >= 0 (e.g. 1e-4, or 0 for none)")
+    return number
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _shown(value) -> str:
+    return repr(float(value)) if isinstance(value, int | float) and not isinstance(value, bool) else repr(value)[:60]
+
+
 @dataclass
 class HeadSpec:
     """One member of a bank: a head kind with its options, its optimiser settings and its init seed."""
@@ -41,6 +68,15 @@ class HeadSpec:
     weight_decay: float = 1e-4
     seed: int = 0
     options: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ConfigError for settings the optimiser would reject with a traceback (negative or NaN lr, ...)."""
+        if self.kind not in head_registry.HEAD_KINDS:
+            raise ConfigError(f"head {self.kind!r}: choose one of {', '.join(head_registry.HEAD_KINDS)}")
+        checked_lr(self.lr, f"head {self.kind}: lr")
+        checked_weight_decay(self.weight_decay, f"head {self.kind}: weight_decay")
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"head {self.kind}: options {self.options!r} is not a mapping")
 
     @property
     def label(self) -> str:
@@ -498,10 +534,10 @@ class HeadBank:
         self.multilabel_ = store.is_multilabel if self.multilabel is None else self.multilabel
         self.loss_kind_ = self.config.loss or losses.default_loss_kind(self.multilabel_)
         self.loss_fn_ = losses.create_loss(self.loss_kind_, **self.config.loss_options)
+        for spec in self.specs:
+            spec.validate()
         self.heads_ = []
         for spec in self.specs:
-            if spec.kind not in head_registry.HEAD_KINDS:
-                raise ConfigError(f"head {spec.kind!r}: choose one of {', '.join(head_registry.HEAD_KINDS)}")
             head = head_registry.create(
                 spec.kind, num_classes=len(store.label_names), embed_dim=store.embed_dim,
                 has_prefix=store.num_prefix > 0, generator=torch.Generator().manual_seed(spec.seed), **spec.options,

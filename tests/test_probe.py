@@ -292,3 +292,33 @@ def test_probe_refuses_what_verify_reports_in_the_per_row_arrays(tmp_path, store
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
     verify = CliRunner().invoke(main, ["verify", store.path])
     assert verify.exit_code == 1 and f"  {array}: " in verify.output
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr", "-1e-3"], "--lr: -0.001 is not a positive finite learning rate"),
+    (["--lr", "nan"], "--lr: nan is not a positive finite learning rate"),
+    (["--lr", "0"], "--lr: 0.0 is not a positive finite learning rate"),
+    (["--weight-decay", "-1e-4"], "--weight-decay: -0.0001 is not a finite weight decay >= 0"),
+    (["--weight-decay", "inf"], "--weight-decay: inf is not a finite weight decay >= 0"),
+])
+def test_negative_or_nan_lr_and_weight_decay_are_refused_naming_the_flag(tmp_path, store, flags, message):
+    result = CliRunner().invoke(main, ["probe", store.path, "--head", "linear", "--out", str(tmp_path / "run"),
+                                       "--epochs", "1", "--device", "cpu", *flags])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith(f"error: {message}"), result.output
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"grid": {"lr": [1e-3, -0.1]}}, "grid.lr: -0.1 is not a positive finite learning rate"),
+    ({"grid": {"weight_decay": float("nan")}}, "grid.weight_decay: nan is not a finite weight decay >= 0"),
+    ({"heads": [{"kind": "linear", "lr": float("-inf")}]}, "heads[0].lr: -inf is not a positive finite"),
+    ({"heads": [{"kind": "linear", "weight_decay": [-1]}]}, "heads[0].weight_decay: -1.0 is not a finite"),
+    ({"seeds": "many"}, "seeds: 'many' is not a whole number >= 1"),
+    ({"layer": "last"}, "layer: 'last' is not a whole number"),
+])
+def test_bad_numbers_in_a_probe_config_are_refused_naming_the_key(tmp_path, store, config, message):
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump({**FAST, **config}))
+    result = CliRunner().invoke(main, ["probe", store.path, "--config", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith(f"error: {message}"), result.output

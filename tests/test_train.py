@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -266,3 +268,30 @@ def test_protobin_and_attentive_beat_mean_pooled_linear_on_localized_events(tmp_
     # seed 1: 0.63, 0.94, 0.92. Linear at lr 1e-2 does worse (0.55), so 1e-1 is its fair best here.
     assert protobin > linear + 0.2
     assert attentive > linear + 0.2
+
+
+@pytest.mark.parametrize("lr,weight_decay,message", [
+    (-1e-3, 1e-4, "head linear: lr: -0.001 is not a positive finite learning rate"),
+    (float("nan"), 1e-4, "head linear: lr: nan is not a positive finite learning rate"),
+    (1e-3, -1.0, "head linear: weight_decay: -1.0 is not a finite weight decay >= 0"),
+    (1e-3, float("nan"), "head linear: weight_decay: nan is not a finite weight decay >= 0"),
+])
+def test_a_bank_refuses_lr_and_weight_decay_the_optimiser_cannot_use(tmp_path, lr, weight_decay, message):
+    store = make_store(tmp_path / "s.zarr")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        HeadBank([HeadSpec("linear", lr=lr, weight_decay=weight_decay)], FAST).fit(SplitData(store, "train"))
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"epochs": "ten"}, "train.epochs: 'ten' is not a whole number"),
+    ({"epochs": 2.5}, "train.epochs: 2.5 is not a whole number"),
+    ({"warmup_epochs": float("nan")}, "train.warmup_epochs: nan is not a finite number"),
+    ({"amp": "yes"}, "train.amp: 'yes' is not true or false"),
+    ({"shuffle_window_chunks": "8"}, "train.shuffle_window_chunks: '8' is not a whole number or null"),
+    ({"loss_options": [1]}, "train.loss_options: [1] is not a mapping"),
+])
+def test_train_settings_of_the_wrong_type_are_refused_naming_the_key(values, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig.from_dict(values)
+    with pytest.raises(ConfigError, match="train: expected a mapping"):
+        TrainConfig.from_dict([("epochs", 3)])
