@@ -11,10 +11,11 @@ from embedcache.datasets import (
     build_sample_set,
     find_bad_rows,
     from_audioset,
-    from_class_folders,
     from_esc50,
     from_fsd50k,
+    plan_class_folders,
     read_manifest,
+    write_folder_plan,
 )
 from embedcache.datasets.sample import DEFAULT_SAMPLE_DIR
 from embedcache.errors import BadInputError, ConfigError
@@ -30,17 +31,31 @@ def manifest_group() -> None:
 
 
 @manifest_group.command("folders")
-@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("root", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help=_OUT_HELP)
 @click.option("--ratios", default="0.7,0.15,0.15", show_default=True, help="train,valid,test fractions")
 @click.option("--seed", default=0, show_default=True, help="seed of the per-class split shuffle")
-def folders_command(root: Path, out: Path | None, ratios: str, seed: int) -> None:
-    """A folder per class under ROOT -> single-label manifest with train/valid/test splits."""
+@click.option("--group-by", metavar="REGEX",
+              help="group key searched in each file name (first capture group, else the match); files with one key "
+                   "share a split. `takes`: the name without its trailing take number (kick_v2 -> kick)")
+def folders_command(root: Path, out: Path | None, ratios: str, seed: int, group_by: str | None) -> None:
+    """A folder per class under ROOT -> single-label manifest with train/valid/test splits, stratified per class.
+
+    With --group-by, takes of one source (velocity layers, one speaker, one recording) never straddle splits.
+    """
     try:
         split_ratios = tuple(float(part) for part in ratios.split(","))
     except ValueError:
         raise ConfigError(f"--ratios {ratios!r}: give three numbers like 0.7,0.15,0.15") from None
-    _report(from_class_folders(root, out, split_ratios=split_ratios, seed=seed))
+    plan = plan_class_folders(root, split_ratios, seed=seed, group_by=group_by)
+    path = write_folder_plan(plan, out)
+    _report(path)
+    record = path.with_name(path.stem + ".split.json")
+    if plan.record["groups"] is not None:
+        click.echo(f"{plan.record['groups']} groups (--group-by {group_by}), none in two splits; "
+                   f"per-class counts in {record}")
+    if plan.warning:
+        click.secho(f"warning: {plan.warning} (recorded in {record})", fg="yellow")
 
 
 @manifest_group.command("esc50")

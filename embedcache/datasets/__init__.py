@@ -5,6 +5,8 @@ from embedcache.datasets.adapters import (
     from_class_folders,
     from_esc50,
     from_fsd50k,
+    plan_class_folders,
+    write_folder_plan,
     write_manifest,
 )
 from embedcache.datasets.manifest import Clip, Manifest, find_bad_rows, read_label_file, read_manifest
@@ -19,7 +21,9 @@ __all__ = [
     "from_class_folders",
     "from_esc50",
     "from_fsd50k",
+    "plan_class_folders",
     "read_label_file",
     "read_manifest",
+    "write_folder_plan",
     "write_manifest",
 ]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from embedcache.datasets.grouping import group_keys, grouped_splits, takes_warning
 from embedcache.datasets.manifest import COLUMNS, DEFAULT_LABELS_FILE, LABEL_SEPARATOR, Clip
 from embedcache.errors import ConfigError
 
@@ -49,35 +52,89 @@ def write_manifest(out: str | Path, clips: Iterable[Clip], label_names: Sequence
     return out
 
 
+@dataclass
+class FolderPlan:
+    """A class-folder split before anything is written: the clips, the vocabulary and how the split was made."""
+
+    root: Path
+    clips: list[Clip]
+    label_names: list[str]
+    record: dict  # written as <manifest>.split.json: ratios, seed, group_by, groups, warning, per-class counts
+
+    @property
+    def warning(self) -> str | None:
+        return self.record["warning"]
+
+
 def from_class_folders(
     root: str | Path,
     out: str | Path | None = None,
     split_ratios: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
+    group_by: str | None = None,
 ) -> Path:
-    """A folder per class -> single-label manifest with a seeded, per-class (stratified) train/valid/test split."""
-    root = _existing_dir(root)
+    """A folder per class -> single-label manifest with a seeded, per-class (stratified) train/valid/test split.
+
+    group_by: a regex (or `takes`) giving each file name a group key; files with one key share a split.
+    """
+    return write_folder_plan(plan_class_folders(root, split_ratios, seed, group_by), out)
+
+
+def plan_class_folders(
+    root: str | Path,
+    split_ratios: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    group_by: str | None = None,
+) -> FolderPlan:
+    """The clips and splits from_class_folders would write; warns (in `record`) when names suggest ungrouped takes."""
+    root = existing_dir(root)
     ratios = _check_ratios(split_ratios)
     rng = np.random.default_rng(seed)
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    clips, label_names = [], []
+    files_by_class: dict[str, list[Path]] = {}
     for class_dir in class_dirs:
         files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-        if not files:
-            continue
-        label_names.append(class_dir.name)
-        splits = _stratified_splits(len(files), ratios, rng)
-        for file, split in zip(files, splits, strict=True):
-            clip_id = file.relative_to(root).as_posix()
-            clips.append(Clip(clip_id, file, (class_dir.name,), split))
-    if not clips:
+        if files:
+            files_by_class[class_dir.name] = files
+    if not files_by_class:
         raise ConfigError(f"{root}: no class folders with audio ({', '.join(sorted(AUDIO_SUFFIXES))}) found")
-    return write_manifest(_out_path(root, out), _by_split(clips), label_names)
+    names = {label: [f.relative_to(root / label).as_posix() for f in files] for label, files in files_by_class.items()}
+    places = [(label, i) for label, files in files_by_class.items() for i in range(len(files))]
+    if group_by is None:
+        splits = [split for files in files_by_class.values()
+                  for split in _stratified_splits(len(files), ratios, rng)]
+        groups, warning = None, takes_warning(names)
+    else:
+        keys = group_keys(group_by, names)
+        splits = grouped_splits([label for label, _ in places], [keys[place] for place in places], ratios,
+                                SPLIT_NAMES, rng)
+        groups, warning = len(set(keys.values())), None
+    clips = [Clip(files_by_class[label][i].relative_to(root).as_posix(), files_by_class[label][i], (label,), split)
+             for (label, i), split in zip(places, splits, strict=True)]
+    counts = {label: {name: sum(c.split == name and c.labels[0] == label for c in clips) for name in SPLIT_NAMES}
+              for label in files_by_class}
+    record = {"adapter": "folders", "root": str(root), "ratios": list(ratios), "seed": seed, "group_by": group_by,
+              "groups": groups, "warning": warning, "counts": counts}
+    return FolderPlan(root, by_split(clips), list(files_by_class), record)
+
+
+def write_folder_plan(plan: FolderPlan, out: str | Path | None = None) -> Path:
+    """Write a FolderPlan's manifest (+ labels.txt) and its split record; returns the manifest path."""
+    path = write_manifest(manifest_path(plan.root, out), plan.clips, plan.label_names)
+    write_split_record(path, plan.record)
+    return path
+
+
+def write_split_record(manifest: Path, record: dict) -> Path:
+    """`<manifest stem>.split.json` beside the manifest: how its splits were made (settings, warnings, counts)."""
+    path = manifest.with_name(manifest.stem + ".split.json")
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 def from_esc50(root: str | Path, out: str | Path | None = None) -> Path:
     """ESC-50 (`meta/esc50.csv`, `audio/`) -> single-label manifest with splits fold1..fold5."""
-    root = _existing_dir(root)
+    root = existing_dir(root)
     meta = root / "meta" / "esc50.csv"
     rows = _read_csv_rows(meta, ("filename", "fold", "target", "category"))
     names_by_target: dict[int, str] = {}
@@ -91,7 +148,7 @@ def from_esc50(root: str | Path, out: str | Path | None = None) -> Path:
         clips.append(Clip(Path(row["filename"]).stem, root / "audio" / row["filename"], (row["category"],),
                           f"fold{fold}"))
     label_names = [names_by_target[target] for target in sorted(names_by_target)]
-    return write_manifest(_out_path(root, out), clips, label_names)
+    return write_manifest(manifest_path(root, out), clips, label_names)
 
 
 def from_fsd50k(root: str | Path, out: str | Path | None = None) -> Path:
@@ -99,7 +156,7 @@ def from_fsd50k(root: str | Path, out: str | Path | None = None) -> Path:
 
     dev.csv's own split column gives train/valid (val -> valid), eval.csv gives test.
     """
-    root = _existing_dir(root)
+    root = existing_dir(root)
     truth = root / "FSD50K.ground_truth"
     vocabulary = truth / "vocabulary.csv"
     if not vocabulary.is_file():
@@ -122,7 +179,7 @@ def from_fsd50k(root: str | Path, out: str | Path | None = None) -> Path:
             if split is None:
                 raise ConfigError(f"{path}: clip {row['fname']} has split {row['split']!r}; expected train or val")
             clips.append(Clip(row["fname"], root / audio_name / f"{row['fname']}.wav", labels, split))
-    return write_manifest(_out_path(root, out), _by_split(clips), label_names)
+    return write_manifest(manifest_path(root, out), by_split(clips), label_names)
 
 
 def from_audioset(
@@ -139,7 +196,7 @@ def from_audioset(
     unknown label id).
     """
     mid_to_name, label_names = _read_class_indices(Path(class_indices_csv))
-    audio_dir = _existing_dir(audio_dir)
+    audio_dir = existing_dir(audio_dir)
     by_stem: dict[str, Path] = {}
     for path in sorted(p for p in audio_dir.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()):
         by_stem.setdefault(path.stem, path)
@@ -211,7 +268,7 @@ def _find_segment_audio(by_stem: dict[str, Path], ytid: str, start: str, end: st
     return None
 
 
-def _by_split(clips: list[Clip]) -> list[Clip]:
+def by_split(clips: list[Clip]) -> list[Clip]:
     """Clips grouped train, valid, test (stable), so split names appear in that order."""
     return sorted(clips, key=lambda clip: SPLIT_NAMES.index(clip.split))
 
@@ -259,7 +316,7 @@ def _integer(text: str, path: Path, column: str) -> int:
         raise ConfigError(f"{path}: column {column} has {text!r}, expected an integer") from None
 
 
-def _existing_dir(path: str | Path) -> Path:
+def existing_dir(path: str | Path) -> Path:
     """An absolute path to an existing folder."""
     path = Path(path).absolute()
     if not path.is_dir():
@@ -267,6 +324,6 @@ def _existing_dir(path: str | Path) -> Path:
     return path
 
 
-def _out_path(root: Path, out: str | Path | None) -> Path:
+def manifest_path(root: Path, out: str | Path | None) -> Path:
     """The manifest path: `out` if given, else manifest.csv in the dataset root."""
     return Path(out) if out is not None else root / MANIFEST_NAME
