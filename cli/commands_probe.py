@@ -99,7 +99,7 @@ def probe_command(
 @click.option("--head", "heads", help="Only these head names, comma-separated.")
 def results_command(ledger, heads) -> None:
     """Print a comparison table (mean ± std over seeds) of the runs recorded in LEDGER."""
-    rows = read_ledger(ledger)
+    rows = read_ledger(ledger, log=lambda line: click.secho(f"warning: {line}", fg="yellow", err=True))
     if heads:
         wanted = {part.strip() for part in heads.split(",")}
         rows = [row for row in rows if row["head"] in wanted]

@@ -791,13 +791,89 @@ def append_ledger(path: Path, rows: list[dict]) -> None:
         handle.write(buffer.getvalue())
 
 
-def read_ledger(path: str | Path) -> list[dict]:
-    """The ledger's rows as dicts of strings."""
+# Ledger columns read as numbers: column -> "float" (finite), "int", "metric" (a number, NaN or empty), "layer" (int
+# or empty). A hand-edited row that breaks them is left out, never averaged into a table.
+LEDGER_NUMBERS = {
+    "lr": "float", "weight_decay": "float", "seed": "int", "epochs": "int", "batch_size": "int",
+    "num_parameters": "int", "layer": "layer", "valid": "metric", "test": "metric", "test_map": "metric",
+    "test_micro_ap": "metric", "test_macro_auroc": "metric", "test_accuracy": "metric",
+}
+LEDGER_WARNINGS_SHOWN = 20
+
+
+def _ledger_value_problem(column: str, text: str) -> str | None:
+    kind = LEDGER_NUMBERS[column]
+    if text == "" and kind in ("metric", "layer"):
+        return None
+    shown = repr(text[:40] + ("..." if len(text) > 40 else ""))
+    if kind in ("int", "layer"):
+        try:
+            int(text)
+        except ValueError:
+            return f"{column} {shown} is not a whole number"
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return f"{column} {shown} is not a number"
+    if kind == "float" and not np.isfinite(number):
+        return f"{column} {shown} is not a number"
+    return None
+
+
+def read_ledger(path: str | Path, log: Callable[[str], None] = print) -> list[dict]:
+    """The ledger's rows as dicts of strings (embedcache's columns, in order).
+
+    A hand-edited ledger is expected: a row with a field that is not a number where one belongs, or with too few or
+    too many fields, is left out with one `log` line naming its line; extra columns are ignored with one line. A file
+    that is not a ledger at all (missing columns, not UTF-8, not CSV) is a ConfigError.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no results ledger there (a probe run appends to <out>/../ledger.csv)")
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    rows, skipped = [], 0
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if not header:
+                raise ConfigError(f"{path}: empty: no header row; a results ledger starts with "
+                                  f"{','.join(LEDGER_COLUMNS[:3])},... (pass the ledger.csv a probe run wrote)")
+            missing = [column for column in LEDGER_COLUMNS if column not in header]
+            if missing:
+                raise ConfigError(f"{path}: not an embedcache results ledger: missing column(s) {missing[:6]}"
+                                  f"{'...' if len(missing) > 6 else ''}; pass the ledger.csv a probe run wrote")
+            repeated = sorted({column for column in header if header.count(column) > 1})
+            if repeated:
+                raise ConfigError(f"{path}: column(s) {repeated[:6]} appear twice in the header; remove the copies")
+            extra = [column[:40] for column in header if column not in LEDGER_COLUMNS]
+            if extra:
+                log(f"{path}: column(s) {extra[:6]}{'...' if len(extra) > 6 else ''} are not embedcache's; ignored")
+            for values in reader:
+                if not values:
+                    continue  # a blank line
+                problem = None
+                if len(values) != len(header):
+                    problem = (f"{len(values)} fields, the header has {len(header)} (a truncated or hand-edited "
+                               "row)")
+                else:
+                    row = dict(zip(header, values))
+                    problem = next(filter(None, (_ledger_value_problem(c, row[c]) for c in LEDGER_NUMBERS)), None)
+                if problem:
+                    skipped += 1
+                    if skipped <= LEDGER_WARNINGS_SHOWN:
+                        log(f"{path} line {reader.line_num}: {problem}; row skipped")
+                    continue
+                rows.append({column: row[column] for column in LEDGER_COLUMNS})
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); pass the ledger.csv a probe run "
+                          "wrote") from None
+    except csv.Error as error:  # a field over csv's size limit, a stray quote, ...
+        raise ConfigError(f"{path} line {reader.line_num}: not readable as CSV ({error}); fix or remove that "
+                          "line") from None
+    if skipped > LEDGER_WARNINGS_SHOWN:
+        log(f"{path}: {skipped - LEDGER_WARNINGS_SHOWN} more row(s) skipped")
+    return rows
 
 
 # -- tables ---------------------------------------------------------------------------------------------

@@ -322,3 +322,68 @@ def test_bad_numbers_in_a_probe_config_are_refused_naming_the_key(tmp_path, stor
     result = CliRunner().invoke(main, ["probe", store.path, "--config", str(path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
     assert result.output.startswith(f"error: {message}"), result.output
+
+
+def _ledger_rows(n: int = 2) -> list[dict]:
+    base = {column: "" for column in LEDGER_COLUMNS}
+    base.update(timestamp="2026-01-01T00:00:00+00:00", run_dir="/runs/a", store="/s.zarr", encoder="beats", layer="11",
+                task="multilabel", head="linear", kind="linear", options="{}", lr="0.001", weight_decay="0.0001",
+                epochs="2", batch_size="8", num_parameters="27", metric="map", valid="0.5", test="0.4", test_map="0.4")
+    return [{**base, "seed": str(seed), "test_map": f"0.{4 + seed}"} for seed in range(n)]
+
+
+def _write_ledger(path: Path, rows: list[dict], columns: list[str] = LEDGER_COLUMNS) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize("edit,warning", [
+    (lambda rows: rows[1].update(lr="fast"), "line 3: lr 'fast' is not a number; row skipped"),
+    (lambda rows: rows[1].update(num_parameters="1.5"), "line 3: num_parameters '1.5' is not a whole number"),
+    (lambda rows: rows[1].update(test_map="high"), "line 3: test_map 'high' is not a number"),
+    (lambda rows: rows[1].update(weight_decay="inf"), "line 3: weight_decay 'inf' is not a number"),
+])
+def test_results_skips_hand_edited_ledger_rows_naming_each(tmp_path, edit, warning):
+    rows = _ledger_rows(3)
+    edit(rows)
+    ledger = _write_ledger(tmp_path / "ledger.csv", rows)
+    result = CliRunner().invoke(main, ["results", str(ledger)])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {ledger} {warning}" in result.output
+    assert " 2  " in result.output.splitlines()[-1]  # the two good seeds of the run are still averaged
+
+
+def test_results_refuses_a_ledger_it_cannot_read_in_one_line(tmp_path):
+    good = _ledger_rows(2)
+    cases = {
+        "missing columns": (lambda p: _write_ledger(p, good, [c for c in LEDGER_COLUMNS if c != "lr"]),
+                            "not an embedcache results ledger: missing column(s) ['lr']"),
+        "not utf-8": (lambda p: p.write_bytes(b"timestamp,run_dir\n\xff\xfe\n"), "not UTF-8 text"),
+        "a 1 MB field": (lambda p: p.write_text(",".join(LEDGER_COLUMNS) + "\n" + "x" * 2**20 + "\n"),
+                         "line 2: not readable as CSV (field larger than field limit"),
+        "empty": (lambda p: p.write_text(""), "empty: no header row"),
+    }
+    for name, (write, message) in cases.items():
+        path = tmp_path / f"{name}.csv"
+        write(path)
+        result = CliRunner().invoke(main, ["results", str(path)])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit | None), (name, result.exception)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {path}") and message in lines[0], (name, lines)
+
+
+def test_results_warns_on_extra_columns_and_skips_truncated_rows(tmp_path):
+    ledger = _write_ledger(tmp_path / "ledger.csv", [{**row, "note": "mine"} for row in _ledger_rows(3)],
+                           [*LEDGER_COLUMNS, "note"])
+    with open(ledger, "a") as handle:
+        handle.write("2026-01-02T00:00:00+00:00,/runs/b,/s.zarr\n")  # a row cut short by a crash or an editor
+    warnings = []
+    rows = read_ledger(ledger, log=warnings.append)
+    assert len(rows) == 3 and list(rows[0]) == LEDGER_COLUMNS
+    assert warnings == [f"{ledger}: column(s) ['note'] are not embedcache's; ignored",
+                        f"{ledger} line 5: 3 fields, the header has 24 (a truncated or hand-edited row); row skipped"]
+    result = CliRunner().invoke(main, ["results", str(ledger)])
+    assert result.exit_code == 0 and result.output.count("warning: ") == 2 and "linear" in result.output

@@ -296,6 +296,34 @@ def test_cli_report_prints_the_page_and_one_red_line_on_errors(synthetic_run, tm
     assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
 
 
+
+def test_report_of_a_hand_edited_ledger_skips_bad_rows_with_a_note(synthetic_run, tmp_path):
+    lines = (synthetic_run.parent / "ledger.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    bad = lines[1].split(",")
+    bad[header.index("test")] = "great"
+    edited = tmp_path / "ledger.csv"
+    cut = ",".join(lines[1].split(",")[:2])  # a row cut short by a crash or an editor
+    edited.write_text("\n".join([lines[0], *lines[1:], ",".join(bad), cut]) + "\n")
+    result = CliRunner().invoke(cli, ["report", str(edited), "--out", str(tmp_path / "out"), "--n-clips", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"note: {edited} line {len(lines) + 1}: test 'great' is not a number; row skipped" in result.output
+    assert f"note: {edited} line {len(lines) + 2}: 2 fields, the header has {len(header)}" in result.output
+    assert "| arrays | linear |" in (tmp_path / "out" / "head_table.md").read_text()
+
+
+@pytest.mark.parametrize("content,message", [
+    ("timestamp,run_dir,store\n2026,/r,/s\n", "not an embedcache results ledger: missing column(s)"),
+    (b"run_dir,x\n\xff\n", "not UTF-8 text"),
+])
+def test_report_refuses_a_ledger_it_cannot_read_in_one_line(tmp_path, content, message):
+    path = tmp_path / "ledger.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    result = CliRunner().invoke(cli, ["report", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
 # -- a real browser --------------------------------------------------------------------------------------------
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from embedcache.errors import ConfigError
+from embedcache.probe import read_ledger
 from embedcache.report import figures
 from embedcache.report.evidence import PROTOTYPE_KINDS, clip_background, clip_evidence, load_head
 from embedcache.report.page import Section, head_table_html, render_page
@@ -60,7 +61,7 @@ def find_sources(source: str | Path) -> ReportSources:
         if columns and "run_dir" not in columns[0]:
             raise ConfigError(f"{path}: neither a results ledger (run_dir column) nor a sweep's trials.csv")
         found.ledger = path
-        for row in read_csv(path):
+        for row in read_ledger(path, log=lambda line: None):  # build_report notes the rows it skips
             run = Path(row["run_dir"])
             if _is_run(run) and run not in found.run_dirs:
                 found.run_dirs.append(run)
@@ -233,7 +234,7 @@ def build_report(
 
     section = Section("Head comparison (rows encoder x head, columns datasets)")
     if sources.ledger is not None:
-        table = head_table(read_csv(sources.ledger))
+        table = head_table(read_ledger(sources.ledger, log=notes.append))
         table_path = out_dir / "head_table.md"
         table_path.write_text(table.to_markdown() + "\n")
         section.paragraphs.append(

@@ -17,12 +17,17 @@ METRIC_NAMES = {"map": "mAP", "accuracy": "accuracy"}
 
 
 def read_csv(path: str | Path) -> list[dict]:
-    """Rows of a CSV file as dicts of strings."""
+    """Rows of a CSV file as dicts of strings; a file that is not UTF-8 CSV is a ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); is it the CSV embedcache wrote?") from None
+    except csv.Error as error:
+        raise ConfigError(f"{path}: not readable as CSV ({error}); is it the CSV embedcache wrote?") from None
 
 
 def _number(text) -> float | None:
