@@ -13,6 +13,7 @@ from embedcache.datasets import (
     from_audioset,
     from_esc50,
     from_fsd50k,
+    from_speech_commands,
     plan_class_folders,
     read_manifest,
     write_folder_plan,
@@ -56,6 +57,19 @@ def folders_command(root: Path, out: Path | None, ratios: str, seed: int, group_
                    f"per-class counts in {record}")
     if plan.warning:
         click.secho(f"warning: {plan.warning} (recorded in {record})", fg="yellow")
+
+
+@manifest_group.command("speechcommands")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help=_OUT_HELP)
+@click.option("--classes", type=click.Choice(["35", "12"]), default="35", show_default=True,
+              help="35 words, or 10 words + _silence_ (1 s cuts of _background_noise_) + _unknown_ (other words)")
+def speechcommands_command(root: Path, out: Path | None, classes: str) -> None:
+    """Speech Commands v2 folder (word folders, validation_list.txt, testing_list.txt) -> train/valid/test manifest."""
+    path, notes = from_speech_commands(root, out, classes=int(classes))
+    _report(path)
+    for note in notes:
+        click.echo(note)
 
 
 @manifest_group.command("esc50")

@@ -11,6 +11,7 @@ from embedcache.datasets.adapters import (
 )
 from embedcache.datasets.manifest import Clip, Manifest, find_bad_rows, read_label_file, read_manifest
 from embedcache.datasets.sample import build_sample_set
+from embedcache.datasets.speech_commands import from_speech_commands
 
 __all__ = [
     "Clip",
@@ -21,6 +22,7 @@ __all__ = [
     "from_class_folders",
     "from_esc50",
     "from_fsd50k",
+    "from_speech_commands",
     "plan_class_folders",
     "read_label_file",
     "read_manifest",
