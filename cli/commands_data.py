@@ -13,6 +13,7 @@ from embedcache.datasets import (
     from_audioset,
     from_esc50,
     from_fsd50k,
+    from_hf,
     from_speech_commands,
     plan_class_folders,
     read_manifest,
@@ -72,6 +73,35 @@ def speechcommands_command(root: Path, out: Path | None, classes: str) -> None:
         click.echo(note)
 
 
+@manifest_group.command("hf")
+@click.argument("path")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="manifest CSV to write; embedded audio goes to audio/<split>/ beside it")
+@click.option("--audio-column", default="audio", show_default=True)
+@click.option("--label-column", required=True,
+              help="class index or name, or a list of them (multi-label); ClassLabel names are read from the features")
+@click.option("--split-map", "split_maps", multiple=True, metavar="FROM=TO[,FROM=TO]",
+              help="rename splits, e.g. test_5s=test (repeat or comma-separate); splits not named are left out")
+@click.option("--split-column", help="take each row's split from this column instead of the source's splits")
+@click.option("--id-column", help="clip ids from this column (default: <split>/<row number>)")
+@click.option("--label-names", type=click.Path(dir_okay=False, path_type=Path),
+              help="class names, one per line (line i names index i), when the features have none")
+@click.option("--copy-audio", is_flag=True, help="copy audio files given by path beside the manifest")
+def hf_command(path: str, out: Path, audio_column: str, label_column: str, split_maps: tuple[str, ...],
+               split_column: str | None, id_column: str | None, label_names: Path | None, copy_audio: bool) -> None:
+    """A Hugging Face data set saved locally (save_to_disk folder, .parquet/.arrow files) -> manifest. Never downloads.
+
+    Needs the `datasets` package: pip install "embedcache[hf]".
+    """
+    result = from_hf(path, out, label_column, audio_column=audio_column, split_map=_split_map(split_maps),
+                     split_column=split_column, id_column=id_column, label_names_file=label_names,
+                     copy_audio=copy_audio)
+    _report(result.manifest)
+    for note in result.notes:
+        click.echo(note)
+    _write_left_out(result.manifest, result.left_out, "row")
+
+
 @manifest_group.command("esc50")
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help=_OUT_HELP)
@@ -107,17 +137,7 @@ def audioset_command(segments: tuple[str, ...], class_indices: Path, audio_dir: 
         segments_csvs[split.strip()] = Path(path.strip())
     written, left_out = from_audioset(segments_csvs, class_indices, audio_dir, out)
     _report(written)
-    if left_out:
-        listing = written.with_name(written.stem + ".left_out.csv")
-        with open(listing, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(["segment", "reason"])
-            writer.writerows(left_out)
-        click.secho(f"{len(left_out)} segment(s) left out (full list: {listing}):", fg="yellow")
-        for segment_id, reason in left_out[:_SHOWN]:
-            click.echo(f"  {segment_id}: {reason}")
-        if len(left_out) > _SHOWN:
-            click.echo(f"  ... and {len(left_out) - _SHOWN} more")
+    _write_left_out(written, left_out, "segment")
 
 
 @manifest_group.command("check")
@@ -147,6 +167,33 @@ def check_command(manifest: Path, labels: Path | None, workers: int, follow_syml
 def sample_command(out_dir: Path, n_clips: int, clip_seconds: float, seed: int) -> None:
     """Build the bundled multi-label sample set (short events over a quiet background) from data/sources."""
     _report(build_sample_set(out_dir, n_clips=n_clips, clip_seconds=clip_seconds, seed=seed))
+
+
+def _split_map(items: tuple[str, ...]) -> dict[str, str] | None:
+    """`--split-map a=b,c=d --split-map e=f` -> {'a': 'b', 'c': 'd', 'e': 'f'} (None when not given)."""
+    mapping: dict[str, str] = {}
+    for item in (part for text in items for part in text.split(",") if part.strip()):
+        source, sep, target = item.partition("=")
+        if not sep or not source.strip() or not target.strip():
+            raise ConfigError(f"--split-map {item!r}: write FROM=TO, e.g. test_5s=test")
+        mapping[source.strip()] = target.strip()
+    return mapping or None
+
+
+def _write_left_out(manifest: Path, left_out: list[tuple[str, str]], kind: str) -> None:
+    """List what an adapter left out in <manifest stem>.left_out.csv and print the first few."""
+    if not left_out:
+        return
+    listing = manifest.with_name(manifest.stem + ".left_out.csv")
+    with open(listing, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow([kind, "reason"])
+        writer.writerows(left_out)
+    click.secho(f"{len(left_out)} {kind}(s) left out (full list: {listing}):", fg="yellow")
+    for name, reason in left_out[:_SHOWN]:
+        click.echo(f"  {name}: {reason}")
+    if len(left_out) > _SHOWN:
+        click.echo(f"  ... and {len(left_out) - _SHOWN} more")
 
 
 def _report(path: Path) -> None:

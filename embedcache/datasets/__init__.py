@@ -9,6 +9,7 @@ from embedcache.datasets.adapters import (
     write_folder_plan,
     write_manifest,
 )
+from embedcache.datasets.hf import from_hf
 from embedcache.datasets.manifest import Clip, Manifest, find_bad_rows, read_label_file, read_manifest
 from embedcache.datasets.sample import build_sample_set
 from embedcache.datasets.speech_commands import from_speech_commands
@@ -22,6 +23,7 @@ __all__ = [
     "from_class_folders",
     "from_esc50",
     "from_fsd50k",
+    "from_hf",
     "from_speech_commands",
     "plan_class_folders",
     "read_label_file",
