@@ -17,6 +17,7 @@ from embedcache.datasets import (
     from_speech_commands,
     plan_class_folders,
     read_manifest,
+    write_few_shot,
     write_folder_plan,
 )
 from embedcache.datasets.sample import DEFAULT_SAMPLE_DIR
@@ -100,6 +101,32 @@ def hf_command(path: str, out: Path, audio_column: str, label_column: str, split
     for note in result.notes:
         click.echo(note)
     _write_left_out(result.manifest, result.left_out, "row")
+
+
+@manifest_group.command("fewshot")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--shots", default=64, show_default=True, help="positive clips per class")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="few-shot manifest to write (default: MANIFEST.<k>shot-seed<S>.csv beside it)")
+@click.option("--split", default="train", show_default=True, help="the split sampled; others copied as they are")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
+              help="label vocabulary (default: labels.txt beside MANIFEST, if any)")
+def fewshot_command(manifest: Path, shots: int, seed: int, out: Path | None, split: str, labels: Path | None) -> None:
+    """k clips per class from MANIFEST's train split (multi-label aware, seeded); valid and test copied unchanged.
+
+    A selected clip counts for every label it carries; classes are filled rarest first, so a class may end with more
+    than k positives, and one with fewer than k train clips gets them all (both reported).
+    """
+    path, few = write_few_shot(manifest, shots, seed, out=out, split=split, labels_path=labels)
+    _report(path)
+    short = {name: n for name, n in few.available.items() if n < shots}
+    over = [name for name, n in few.selected.items() if n > shots]
+    shown = ", ".join(f"{name} {n}" for name, n in list(short.items())[:_SHOWN])
+    click.echo(f"{shots}-shot {split}: {few.record['selected_clips']} of {few.record['train_clips']} clips; "
+               f"{len(few.label_names) - len(short)} classes have {shots}+ positives ({len(over)} more than {shots} "
+               f"through co-occurring labels), {len(short)} fewer" + (f" (all they have: {shown})" if short else "")
+               + f"; per class: {path.with_name(path.stem + '.split.json')}")
 
 
 @manifest_group.command("esc50")

@@ -9,6 +9,7 @@ from embedcache.datasets.adapters import (
     write_folder_plan,
     write_manifest,
 )
+from embedcache.datasets.fewshot import sample_few_shot, write_few_shot
 from embedcache.datasets.hf import from_hf
 from embedcache.datasets.manifest import Clip, Manifest, find_bad_rows, read_label_file, read_manifest
 from embedcache.datasets.sample import build_sample_set
@@ -28,6 +29,8 @@ __all__ = [
     "plan_class_folders",
     "read_label_file",
     "read_manifest",
+    "sample_few_shot",
+    "write_few_shot",
     "write_folder_plan",
     "write_manifest",
 ]
