@@ -22,6 +22,9 @@ NOT_HERE = {
     "my_pkg.my_module:make_encoder": "a placeholder for the reader's own encoder",
     "--folds": "needs an ESC-50 store; tests/test_split_roles.py runs this line on a 5-fold store",
     "/data/as20k-beats.zarr": "a multi-machine PostgreSQL sweep; tests/test_sweep.py runs it on a local server",
+    "data/drums": "class folders of velocity layers; tests/test_adapters_folders.py runs --group-by on generated ones",
+    "speech_commands_v0.02": "Speech Commands v2; tests/test_adapters_speech_commands.py runs it on a generated copy",
+    "data/birdset_hsn": "a saved BirdSet split; tests/test_adapters_hf.py runs hf on data sets built with `datasets`",
 }
 # Flags appended so a line finishes in seconds; the command and its other arguments are the README's.
 FAST = {
