@@ -106,3 +106,59 @@ def test_chunk_size_targets_a_few_megabytes():
     # ViT-B on 10 s: 512 tokens x 768 dims x 2 bytes = 786 kB per clip -> 5 clips per ~4 MB chunk
     assert layout.choose_chunk_clips(512, 768, "float16", 20000) == 5
     assert layout.choose_chunk_clips(512, 768, "float16", 3) == 3
+
+
+def _edit_attrs(root, change) -> None:
+    meta = root / "zarr.json"
+    doc = json.loads(meta.read_text())
+    change(doc["attributes"]["embedcache"])
+    meta.write_text(json.dumps(doc))
+
+
+def test_info_bounds_what_it_prints_of_huge_attributes_and_says_what_was_cut(tmp_path):
+    from click.testing import CliRunner
+
+    from embedcache_cli.main import main
+
+    tokens, _, labels = _arrays()
+    write_store(tmp_path / "s.zarr", {0: tokens}, labels, ["a", "b", "c"], [f"c{i}" for i in range(10)],
+                ["train"] * 10, grid=(3, 2))
+    huge = "x" * 20_000_000  # a 20 MB attribute
+    _edit_attrs(tmp_path / "s.zarr", lambda a: (a["provenance"].update(frontend={"note": huge}, created=huge),
+                                                a.update(skipped=[{"clip_id": f"bad{i}", "reason": huge[:100]}
+                                                                  for i in range(50_000)])))
+    text = CliRunner().invoke(main, ["info", str(tmp_path / "s.zarr")])
+    assert text.exit_code == 0, text.output[:500]
+    assert len(text.output) < 20_000
+    assert "skipped 50000" in text.output and "... and 49980 more skipped (embedcache info --json)" in text.output
+    assert "cut: provenance.frontend.note: 20,000,000 characters, the first 200 shown" in text.output
+    assert "provenance.created: 20,000,000 characters" in text.output
+    as_json = CliRunner().invoke(main, ["info", str(tmp_path / "s.zarr"), "--json"])
+    assert as_json.exit_code == 0 and len(as_json.output) < 200_000
+    summary = json.loads(as_json.output)
+    assert summary["skipped_count"] == 50_000 and len(summary["skipped"]) == 100
+    assert "skipped: 50,000 rows, the first 100 shown" in summary["cut"]
+
+
+def test_info_says_a_store_is_being_written_instead_of_damaged(tmp_path):
+    from click.testing import CliRunner
+
+    from embedcache_cli.main import main
+
+    spec = StoreSpec(n_clips=6, num_tokens=2, num_prefix=0, embed_dim=3, grid=(2, 1), layers=[0], dtype="float16",
+                     chunk_clips=2, label_names=["a"], split_names=["train"])
+    group = create_store(tmp_path / "s.zarr", spec, list("uvwxyz"), np.ones((6, 1), np.uint8), np.zeros(6, np.uint8),
+                         np.full(6, 16000), {}, "fp")
+    write_chunk(group, spec, 0, {0: np.ones((2, 2, 3), np.float16)}, {}, np.array([2, 2]))
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 0, result.output
+    assert "[writing: 2 of 3 chunks pending" in result.output and "damaged" not in result.output
+    assert "clips       6  (train 6)" in result.output and "valid tokens per clip pending" in result.output
+    summary = json.loads(CliRunner().invoke(main, ["info", str(tmp_path / "s.zarr"), "--json"]).output)
+    assert summary["status"] == "writing" and summary["pending_chunks"] == 2
+    # Mid-append: the layout has grown, the arrays not yet.
+    _edit_attrs(tmp_path / "s.zarr", lambda a: (a["layout"].update(n_clips=8), a.update(
+        growing={"mode": "clips", "base_layout": {**a["layout"], "n_clips": 6}})))
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 0, result.output
+    assert "[writing: an append is resizing its arrays" in result.output and "damaged" not in result.output
