@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from embedcache.errors import ConfigError, StoreError
-from embedcache.store import TokenStore, write_store
+from embedcache.store import TokenStore, schema, write_store
 from embedcache.store.summary import format_summary, summarize
 from embedcache.store.verify import verify_store
 from embedcache_cli.main import main
@@ -155,6 +156,22 @@ def test_a_format_1_store_still_passes_the_schema(store):
     assert opened.format_version == 1 and opened.offsets.tolist() == [0] * 12
     assert verify_store(store).ok
     assert "rows        one per clip (12 recordings)" in format_summary(summarize(opened))
+
+
+def test_the_readme_documents_every_schema_field_and_bound():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## The store format"):]
+    section = section[:section.index("\n## ")]
+    fields = [*schema.ATTRS.fields, *schema.LAYOUT.fields, *schema.PROVENANCE.fields, *schema.ENCODER.fields,
+              *schema.CLIP_POLICY.fields]
+    assert [name for name in fields if f"`{name}`" not in section] == []
+    bounds = [schema.MAX_CLIPS, schema.MAX_TOKENS, schema.MAX_PREFIX, schema.MAX_EMBED_DIM, schema.MAX_LAYER,
+              schema.MAX_LAYER + 1, schema.MAX_CLASSES, schema.MAX_SPLITS, schema.MAX_NAME_CHARS,
+              schema.MAX_FINGERPRINT_CHARS, schema.MAX_SAMPLE_RATE, schema.MAX_DEPTH]
+    plain = section.replace(",", "")  # 1,024 or 1024
+    assert [bound for bound in bounds if not re.search(rf"\b{bound}\b", plain)] == []
+    assert schema.MAX_CHUNK_BYTES == 2 << 30 and "2 GiB" in section
+    assert schema.MAX_SAMPLES == 1 << 62 and "2^62" in section
 
 
 # -- property-based: arbitrary and mutated attribute documents ------------------------------------------------
