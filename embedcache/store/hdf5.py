@@ -8,25 +8,31 @@ File layout (mirrors the Zarr store; readable with h5py alone):
     /recording_ids [N] UTF-8, /offsets [N] int64, /lost_samples [N] int64 (format 2)
     root attributes: embedcache = JSON of the store's attributes (format_version, status, layout, provenance,
     fingerprint, skipped); grid, label_names, split_names, dtype repeated as plain attributes for convenience.
+
+An imported file passes the trust boundary (store.safety) before any dataset is read: plain datasets only (no
+external or soft links, virtual datasets or external raw storage), declared sizes that fit the file and a memory
+budget, then attributes checked against the store schema; tokens are copied one chunk at a time.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from embedcache.errors import StoreError
-from embedcache.store import layout, urls
+from embedcache.store import layout, safety, schema, urls
 from embedcache.store.reader import TokenStore
 from embedcache.store.writer import (
     RowInfo,
     StoreSpec,
     create_store,
     mark_complete_if_done,
-    remove_store,
     store_attrs,
     write_chunk,
 )
@@ -35,18 +41,59 @@ HDF5_FORMAT = "embedcache-hdf5"
 PER_CLIP = {"valid_tokens": "int32", "num_samples": "int64", "labels": "uint8", "splits": "uint8"}
 
 
+@contextmanager
+def _writing(out: str | Path) -> Iterator[None]:
+    """Failed writes to `out` as one line naming it (permission denied, disk full, a file in the way)."""
+    try:
+        yield
+    except OSError as error:
+        raise urls.write_error(out, error) from error
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Whatever h5py raises on a damaged or odd file, as one line naming it."""
+    try:
+        yield
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError, RecursionError) as error:
+        raise StoreError(f"{path}: cannot be read as an embedcache HDF5 export ({type(error).__name__}: "
+                         f"{str(error)[:200]}); re-export it with `embedcache export`") from None
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def export_hdf5(
     store_url: str | Path, out: str | Path, compression: str | None = None, overwrite: bool = False
 ) -> Path:
     """Write a complete store to `out` (.h5), chunk by chunk; compression: None, "gzip" or "lzf"."""
     out = Path(out)
-    if out.exists() and not overwrite:
+    if out.is_dir():
+        raise StoreError(f"{out}: is a folder; give the path of the .h5 file to write, e.g. {out / 'store.h5'}")
+    if (out.exists() or out.is_symlink()) and not overwrite:
         raise StoreError(f"{out}: already exists; choose another name or pass --overwrite")
+    urls.ensure_writable(out)
     store = TokenStore.open(store_url)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        with _writing(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _write_hdf5(store, partial, compression)
+            partial.replace(out)
+    except BaseException:
+        _unlink_quietly(partial)
+        raise
+    return out
+
+
+def _write_hdf5(store: TokenStore, partial: Path, compression: str | None) -> None:
     attrs = store_attrs(store._group)
     spec = store.spec
     stored = layout.stored_numpy_dtype(spec.dtype)
-    partial = out.with_name(out.name + ".partial")
     with h5py.File(partial, "w") as handle:
         handle.attrs["format"] = HDF5_FORMAT
         handle.attrs[layout.ATTRS_KEY] = json.dumps(attrs)
@@ -78,28 +125,35 @@ def export_hdf5(
                                   dtype=h5py.string_dtype("utf-8"))
             handle.create_dataset("offsets", data=store.offsets, compression=compression)
             handle.create_dataset("lost_samples", data=store.lost_samples, compression=compression)
-    partial.replace(out)
-    return out
 
 
-def _read_attrs(handle: h5py.File, path: Path) -> dict:
-    if handle.attrs.get("format") != HDF5_FORMAT or layout.ATTRS_KEY not in handle.attrs:
+def _text(value) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def _read_attrs(handle: h5py.File, path: Path) -> tuple[dict, StoreSpec]:
+    """The store attributes of an export, checked against the store schema before anything is sized from them."""
+    raw = _text(handle.attrs.get(layout.ATTRS_KEY))
+    if _text(handle.attrs.get("format")) != HDF5_FORMAT or raw is None:
         raise StoreError(f"{path}: not an embedcache HDF5 export (no '{layout.ATTRS_KEY}' attribute); write one with "
                          "`embedcache export STORE out.h5`")
     try:
-        attrs = json.loads(handle.attrs[layout.ATTRS_KEY])
-        spec = StoreSpec.from_attrs(attrs["layout"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        attrs = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as error:
         raise StoreError(f"{path}: attribute '{layout.ATTRS_KEY}' is not a valid store description ({error})") from None
-    if attrs.get("format_version") not in layout.READABLE_VERSIONS:
-        raise StoreError(f"{path}: store format version {attrs.get('format_version')!r}, this embedcache reads "
-                         f"versions {', '.join(map(str, layout.READABLE_VERSIONS))}")
-    attrs["_spec"] = spec
-    return attrs
+    problems = schema.attrs_problems(attrs)
+    if problems:
+        key, what = problems[0]
+        raise StoreError(f"{path}: attribute '{layout.ATTRS_KEY}' is not a valid store description: "
+                         f"{key.replace(schema.KEY, layout.ATTRS_KEY)}: {what}; re-export it with `embedcache export`")
+    return attrs, StoreSpec.from_attrs(attrs["layout"])
 
 
 def _dataset(handle: h5py.File, path: Path, name: str, shape: tuple, dtype) -> h5py.Dataset:
     """The dataset `name`, refusing a missing one, another shape, or a non-numeric dtype (opaque, reference...)."""
+    # Links were checked by safety.ensure_safe_hdf5: every name here is a hard link inside this file.
     if name not in handle or not isinstance(handle[name], h5py.Dataset):
         raise StoreError(f"{path}: dataset /{name} is missing")
     dataset = handle[name]
@@ -117,43 +171,86 @@ def _strings(values: np.ndarray) -> list[str]:
     return [value.decode("utf-8") if isinstance(value, bytes) else str(value) for value in values]
 
 
+# Python str objects of the id arrays: a rough per-string cost for the memory budget.
+STRING_BYTES = 64
+
+
+@dataclass
+class _Export:
+    """What an import reads from the file before writing: per-row arrays whole, token datasets left on disk."""
+
+    attrs: dict
+    spec: StoreSpec
+    arrays: dict[str, np.ndarray]
+    clip_ids: list[str]
+    rows: RowInfo
+    tokens: dict[int, h5py.Dataset]
+    prefix: dict[int, h5py.Dataset]
+
+
+def _read_export(handle: h5py.File, path: Path) -> _Export:
+    attrs, spec = _read_attrs(handle, path)
+    n = spec.n_clips
+    stored = layout.stored_numpy_dtype(spec.dtype)
+    version = attrs["format_version"]
+    per_row = {name: _dataset(handle, path, name, (n,) if name != "labels" else (n, len(spec.label_names)), dtype)
+               for name, dtype in PER_CLIP.items()}
+    strings = ["clip_ids"] + (["recording_ids"] if version >= 2 else [])
+    per_row.update({name: _dataset(handle, path, name, (n,), "string") for name in strings})
+    if version >= 2:
+        per_row.update({name: _dataset(handle, path, name, (n,), "int64") for name in ("offsets", "lost_samples")})
+    tokens = {layer: _dataset(handle, path, layout.tokens_path(layer), (n, spec.num_tokens, spec.embed_dim), stored)
+              for layer in spec.layers}
+    prefix = {layer: _dataset(handle, path, layout.prefix_path(layer), (n, spec.num_prefix, spec.embed_dim), stored)
+              for layer in spec.layers} if spec.num_prefix else {}
+    whole = sum(n * (STRING_BYTES if name in strings else per_row[name].dtype.itemsize) *
+                int(np.prod(per_row[name].shape[1:])) for name in per_row)
+    safety.ensure_within_memory(path, "its per-clip arrays (read whole)", whole)
+    chunk = spec.chunk_clips * (spec.num_tokens + spec.num_prefix) * spec.embed_dim * np.dtype(stored).itemsize
+    safety.ensure_within_memory(path, "one chunk of every layer", chunk * len(spec.layers))
+    arrays = {name: per_row[name][()] for name in PER_CLIP}
+    clip_ids = _strings(per_row["clip_ids"][()])
+    rows = RowInfo.whole(clip_ids)
+    if version >= 2:
+        rows = RowInfo(_strings(per_row["recording_ids"][()]), per_row["offsets"][()], per_row["lost_samples"][()])
+    return _Export(attrs, spec, arrays, clip_ids, rows, tokens, prefix)
+
+
 def import_hdf5(path: str | Path, out_url: str | Path, overwrite: bool = False) -> TokenStore:
     """Create the store `out_url` from an embedcache HDF5 export; layout, provenance and fingerprint are kept."""
     path = Path(path)
-    if not path.is_file():
-        raise StoreError(f"{path}: no such file")
-    with h5py.File(path, "r") as handle:
-        attrs = _read_attrs(handle, path)
-        spec: StoreSpec = attrs.pop("_spec")
-        n = spec.n_clips
-        stored = layout.stored_numpy_dtype(spec.dtype)
-        arrays = {name: _dataset(handle, path, name, (n,) if name != "labels" else (n, len(spec.label_names)),
-                                 dtype)[()] for name, dtype in PER_CLIP.items()}
-        clip_ids = _strings(_dataset(handle, path, "clip_ids", (n,), "string")[()])
-        rows = RowInfo.whole(clip_ids)
-        if attrs["format_version"] >= 2:
-            rows = RowInfo(
-                _strings(_dataset(handle, path, "recording_ids", (n,), "string")[()]),
-                _dataset(handle, path, "offsets", (n,), "int64")[()],
-                _dataset(handle, path, "lost_samples", (n,), "int64")[()],
-            )
-        tokens = {layer: _dataset(handle, path, layout.tokens_path(layer), (n, spec.num_tokens, spec.embed_dim),
-                                  stored) for layer in spec.layers}
-        prefix = {layer: _dataset(handle, path, layout.prefix_path(layer), (n, spec.num_prefix, spec.embed_dim),
-                                  stored) for layer in spec.layers} if spec.num_prefix else {}
-        if overwrite:
-            remove_store(out_url)
-        elif urls.store_exists(out_url):
-            raise StoreError(f"{out_url}: a store is already there; choose another destination or pass --overwrite")
-        group = create_store(
-            out_url, spec, clip_ids, arrays["labels"], arrays["splits"], arrays["num_samples"],
-            attrs["provenance"], attrs["fingerprint"], attrs.get("skipped", []), rows,
-        )
-        for chunk in range(spec.n_chunks):
-            start, stop = spec.chunk_range(chunk)
-            write_chunk(
-                group, spec, chunk, {layer: tokens[layer][start:stop] for layer in spec.layers},
-                {layer: prefix[layer][start:stop] for layer in prefix}, arrays["valid_tokens"][start:stop],
-            )
-    mark_complete_if_done(group)
+    problem = safety.regular_file_problem(path)
+    if problem:
+        raise StoreError(f"{path}: {problem}; give the .h5 file written by `embedcache export`")
+    with _reading(path):
+        handle = h5py.File(path, "r")
+    with handle:
+        safety.ensure_safe_hdf5(handle, path)
+        with _reading(path):
+            source = _read_export(handle, path)
+        urls.clear_destination(out_url, overwrite)
+        existed = not urls.is_remote(out_url) and urls.local_path(out_url).is_dir()
+        try:
+            _write_store(source, path, out_url)
+        except BaseException:
+            urls.discard(out_url, existed)  # ours, half written: a retry starts clean
+            raise
     return TokenStore.open(out_url)
+
+
+def _write_store(source: _Export, path: Path, out_url: str | Path) -> None:
+    spec, arrays = source.spec, source.arrays
+    with _writing(out_url):
+        group = create_store(
+            out_url, spec, source.clip_ids, arrays["labels"], arrays["splits"], arrays["num_samples"],
+            source.attrs["provenance"], source.attrs["fingerprint"], source.attrs.get("skipped", []), source.rows,
+        )
+    for chunk in range(spec.n_chunks):
+        start, stop = spec.chunk_range(chunk)
+        with _reading(path):
+            tokens = {layer: source.tokens[layer][start:stop] for layer in spec.layers}
+            prefix = {layer: source.prefix[layer][start:stop] for layer in source.prefix}
+        with _writing(out_url):
+            write_chunk(group, spec, chunk, tokens, prefix, arrays["valid_tokens"][start:stop])
+    with _writing(out_url):
+        mark_complete_if_done(group)

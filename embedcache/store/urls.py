@@ -7,7 +7,11 @@ AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ~/.aws/...); embedca
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
+import os
 import shutil
+import stat
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -108,6 +112,38 @@ def store_exists(url: str | Path) -> bool:
         return False
 
 
+def is_token_store(url: str | Path) -> bool:
+    """Whether an embedcache token store is at `url` (its root zarr.json holds embedcache attributes, or it is a
+    creation killed before writing them); any other file, folder or Zarr group is the user's."""
+    from embedcache.store import layout, writer
+
+    try:
+        store = open_store(url, "r")
+        raw = get_bytes(store, "zarr.json")
+        doc = json.loads(raw) if raw is not None else None
+    except (StoreError, OSError, ValueError):
+        return False
+    if not isinstance(doc, dict) or doc.get("node_type") != "group":
+        return False
+    attributes = doc.get("attributes") or {}
+    if isinstance(attributes, dict) and layout.ATTRS_KEY in attributes:
+        return True
+    return not attributes and set(list_children(store, "")) - {"zarr.json"} <= writer.CREATED_NODES
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    """Top-level entries of a store folder that are no part of a store (the user's own files)."""
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name == "zarr.json" or entry.name.endswith(".partial"):
+            continue
+        if entry.is_symlink() or not entry.is_dir():
+            foreign.append(entry.name)
+        elif any(entry.iterdir()) and not (entry / "zarr.json").is_file():
+            foreign.append(entry.name + "/")
+    return foreign
+
+
 def remove_store(url: str | Path) -> None:
     """Delete every object of the store at `url` (a local directory, a zip file or a remote prefix)."""
     if is_zip(url):
@@ -117,6 +153,11 @@ def remove_store(url: str | Path) -> None:
         if not is_remote(url) and local_path(url).exists() and any(local_path(url).iterdir()):
             raise StoreError(f"{url}: refusing to overwrite a directory that is not a Zarr store")
         return
+    if not is_remote(url):
+        foreign = _foreign_entries(local_path(url))
+        if foreign:
+            raise StoreError(f"{url}: refusing to overwrite: the store folder also holds files that are not part of "
+                             f"it ({', '.join(foreign[:5])}); move them out first (nothing was deleted)")
     store = open_store(url, "w")
     sync(store.delete_dir(""))
     if not is_remote(url):
@@ -124,9 +165,96 @@ def remove_store(url: str | Path) -> None:
         shutil.rmtree(local_path(url), ignore_errors=True)
 
 
+def _has_any_key(store: Store) -> bool:
+    async def first() -> bool:
+        async for _ in store.list():
+            return True
+        return False
+
+    return sync(first())
+
+
+def clear_destination(url: str | Path, overwrite: bool) -> None:
+    """Make `url` ready to receive a new store: refuse the user's own files and folders (with or without
+    --overwrite, which only ever replaces an embedcache token store), then remove the store being replaced."""
+    ensure_writable(url)
+    path = local_path(url)
+    if is_zip(url) and path.is_dir():
+        raise StoreError(f"{url}: is a folder; a packed store is one .zip file: choose another name")
+    exists = (path.exists() or path.is_symlink()) if is_zip(url) else store_exists(url)
+    if exists:
+        if not overwrite:
+            raise StoreError(f"{url}: a store is already there; choose another destination or pass --overwrite to "
+                             "replace it")
+        if not is_token_store(url):
+            raise StoreError(f"{url}: is not an embedcache token store; --overwrite only replaces token stores: "
+                             "choose another destination (nothing was written)")
+        remove_store(url)
+    elif is_remote(url):
+        if _has_any_key(open_store(url, "r")):
+            raise StoreError(f"{url}: holds other objects and no token store; choose an empty prefix (nothing was "
+                             "written)")
+    elif path.exists() and not path.is_dir():
+        raise StoreError(f"{url}: is a file, not an embedcache token store; choose another destination (nothing was "
+                         "written)")
+    elif path.exists() and any(path.iterdir()):
+        raise StoreError(f"{url}: is a folder with other files in it, not an embedcache token store; choose a new or "
+                         "empty folder (nothing was written; delete it yourself if it is an interrupted copy)")
+
+
+def discard(url: str | Path, existed: bool) -> None:
+    """Remove what a failed copy or import wrote to a local destination that `clear_destination` had found new,
+    empty (`existed`: keep the empty folder) or holding a store it removed; remote prefixes are left as they are
+    (their root zarr.json is written last, so what is there is never mistaken for a store)."""
+    if is_remote(url):
+        return
+    path = local_path(url)
+    if is_zip(url):
+        path.unlink(missing_ok=True)
+    elif path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+        if existed:
+            path.mkdir(exist_ok=True)
+
+
+def ensure_writable(url: str | Path) -> None:
+    """Refuse a local destination that cannot be written (under a file, or in a read-only folder) before writing."""
+    if is_remote(url):
+        return
+    path = local_path(url).absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        raise StoreError(f"{url}: {existing} is a file, not a folder; choose a destination in a folder")
+    folder = existing if existing.is_dir() else existing.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(f"{url}: cannot write in {folder} (permission denied); choose a writable destination or "
+                         "make that folder writable")
+
+
+def write_error(url: str | Path, error: OSError) -> StoreError:
+    """A failed write as one line: which destination, why, and what to do."""
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno == errno.ENOSPC:
+        return StoreError(f"{url}: the disk is full{where}; free space or choose another destination")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(f"{url}: cannot write there ({error.strerror}){where}; choose a writable destination")
+    return StoreError(f"{url}: cannot write there ({error.strerror or error}){where}; choose another destination")
+
+
 # -- raw keys: copying, packing and verifying work on stored bytes without decoding them -------------------
 def get_bytes(store: Store, key: str) -> bytes | None:
-    """The stored bytes of `key`, or None when the key is absent."""
+    """The stored bytes of `key`, or None when the key is absent; a local key that is not a regular file (a FIFO
+    would block, a device never ends) is refused without opening it."""
+    if isinstance(store, LocalStore):
+        try:
+            mode = os.lstat(Path(store.root) / key).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(mode):
+            raise StoreError(f"{store.root}: {key} is not a regular file (a link, FIFO or device); a store must hold "
+                             "its own files only: delete it or ask its sender for a packed store")
     buffer = sync(store.get(key, prototype=default_buffer_prototype()))
     return None if buffer is None else buffer.to_bytes()
 

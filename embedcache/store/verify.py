@@ -85,7 +85,7 @@ def _verify(report: VerifyReport, check_values: bool) -> None:
             return
     store = urls.open_store(url, "r")
     if not urls.has_key(store, "zarr.json"):
-        report.add(url, f"no token store there ({safety.metadata_problems(store)[0]})")
+        report.add(url, f"no token store there ({safety.store_problems(store)[0]})")
         return
     group = _open_checked(report, store)
     if group is None:
@@ -106,7 +106,7 @@ def _verify(report: VerifyReport, check_values: bool) -> None:
 def _open_checked(report: VerifyReport, store) -> zarr.Group | None:
     """The root group once every node's metadata is safe and parseable; None (problems reported) otherwise."""
     try:
-        unsafe = safety.metadata_problems(store)
+        unsafe = safety.store_problems(store)
         if not unsafe:
             return zarr.open_group(store=store, mode="r", zarr_format=3)
     except RecursionError:
