@@ -160,6 +160,22 @@ def test_sweep_trials_reads_optuna_states_and_grid_means(tmp_path):
     assert read.head == ["linear", "linear"] and read.state == ["complete", "complete"]
 
 
+
+def test_sweep_trials_skip_hand_edited_rows_and_name_them(tmp_path):
+    trials = _write_csv(tmp_path / "trials.csv", [
+        {"number": i, "state": "complete", "lr": lr, "weight_decay": 1e-4, "valid_map": 0.5}
+        for i, lr in enumerate([1e-3, "fast", 1e-2])])
+    with open(trials, "a") as handle:
+        handle.write("3,complete\n")  # cut short
+    notes = []
+    read = sweep_trials(trials, log=notes.append)
+    np.testing.assert_allclose(read.lr, [1e-3, 1e-2])
+    assert notes == [f"{trials}: 2 row(s) cut short or with an lr or weight_decay that is not a number left out "
+                     "(first: line 3)"]
+    missing = _write_csv(tmp_path / "missing.csv", [{"state": "complete", "valid_map": 0.5}])
+    with pytest.raises(ConfigError, match=r"missing\.csv: no column\(s\) \['lr', 'weight_decay'\]"):
+        sweep_trials(missing)
+
 # -- end to end ------------------------------------------------------------------------------------------------
 def _synthetic_store(path: Path):
     """24 clips, 3 classes: class c is one strong token along direction c at frequency row c, a random time."""

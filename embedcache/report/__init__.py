@@ -249,7 +249,7 @@ def build_report(
 
     section = Section("Sweep")
     if sources.trials is not None:
-        trials = sweep_trials(sources.trials)
+        trials = sweep_trials(sources.trials, log=notes.append)
         path = figures.save(figures.sweep_figure(trials), out_dir / "sweep_trials.png")
         images.append(path)
         counts = {s: trials.state.count(s) for s in dict.fromkeys(trials.state)}
@@ -259,7 +259,7 @@ def build_report(
         section.images.append((path, "sweep trials: lr x weight decay"))
     for run in sources.run_dirs[:1]:
         if (run / "sweep.csv").is_file():
-            grid = sweep_trials(run / "sweep.csv")
+            grid = sweep_trials(run / "sweep.csv", log=notes.append)
             if len(grid.lr) > len(set(grid.head)):  # more than one configuration per head
                 path = figures.save(figures.sweep_figure(grid), out_dir / "sweep_grid.png")
                 images.append(path)

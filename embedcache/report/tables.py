@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,17 +184,34 @@ class SweepTrials:
     head: list[str]
 
 
-def sweep_trials(path: str | Path) -> SweepTrials:
-    """Trials from an Optuna sweep's trials.csv (states kept) or a probe run's grid sweep.csv (mean over seeds)."""
+def sweep_trials(path: str | Path, log: Callable[[str], None] | None = None) -> SweepTrials:
+    """Trials from an Optuna sweep's trials.csv (states kept) or a probe run's grid sweep.csv (mean over seeds).
+
+    Rows cut short, or whose lr or weight_decay is neither empty (a trial that never sampled) nor a finite number
+    (hand-edited), are left out, with one `log` line.
+    """
     path = Path(path)
     rows = read_csv(path)
     if not rows:
         raise ConfigError(f"{path}: no trials in it")
-    metric_column = next((c for c in rows[0] if c.startswith("valid_")), None)
+    metric_column = next((c for c in rows[0] if c and c.startswith("valid_")), None)
     if metric_column is None:
         raise ConfigError(f"{path}: no valid_<metric> column; expected a sweep's trials.csv or a run's sweep.csv")
+    optuna = "state" in rows[0]
+    missing = [c for c in ("lr", "weight_decay", *(() if optuna else ("head",))) if c not in rows[0]]
+    if missing:
+        raise ConfigError(f"{path}: no column(s) {missing}; expected a sweep's trials.csv or a run's sweep.csv")
+    usable = [i for i, r in enumerate(rows) if None not in r and all(value is not None for value in r.values())
+              and all(r[c] == "" or _number(r[c]) is not None for c in ("lr", "weight_decay"))]
+    if len(usable) < len(rows):
+        first = min(set(range(len(rows))) - set(usable))
+        (log or (lambda line: None))(f"{path}: {len(rows) - len(usable)} row(s) cut short or with an lr or "
+                                     f"weight_decay that is not a number left out (first: line {first + 2})")
+        rows = [rows[i] for i in usable]
+    if not rows:
+        raise ConfigError(f"{path}: no usable trial in it (each row needs a numeric or empty lr and weight_decay)")
     metric = metric_column.removeprefix("valid_")
-    if "state" in rows[0]:
+    if optuna:
         last = f"last_valid_{metric}"
         name = _sweep_head_name(path.parent / "sweep.yaml")
         # A pruned trial has no final value: show where it stood when it was stopped.
@@ -205,7 +223,7 @@ def sweep_trials(path: str | Path) -> SweepTrials:
     grouped: dict[tuple, list[float]] = {}
     for row in rows:
         value = _number(row[metric_column])
-        grouped.setdefault((row["head"], float(row["lr"]), float(row["weight_decay"])), []).append(
+        grouped.setdefault((row["head"], float(row["lr"] or "nan"), float(row["weight_decay"] or "nan")), []).append(
             np.nan if value is None else value)
     keys = list(grouped)
     return SweepTrials(str(path), metric, np.array([k[1] for k in keys]), np.array([k[2] for k in keys]),
