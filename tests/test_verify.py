@@ -219,3 +219,14 @@ def test_streaming_probe_also_stops_on_a_damaged_chunk(tmp_path):
     streaming = {**PROBE, "train": {**PROBE["train"], "data_path": "streaming"}}
     with pytest.raises(StoreError, match=r"chunk tokens/layer_3/c/1/0/0 is damaged"):
         run_probe(store, ["linear"], tmp_path / "run", config=streaming)
+
+
+def test_verify_lists_every_attribute_problem_by_key_where_the_reader_names_the_first(tmp_path):
+    store = tmp_path / "s.zarr"
+    make_store(store)
+    edit_attrs(store, lambda a: (a["layout"].update(chunk_clips=0, split_names=[1], grid="3x2"),
+                                 a.update(skipped="none", status="done")))
+    keys = [p.key.removeprefix("zarr.json:attributes.embedcache.") for p in verify_store(store).problems]
+    assert keys == ["status", "layout.grid", "layout.chunk_clips", "layout.split_names[0]", "skipped"]
+    with pytest.raises(StoreError, match=r"embedcache\.status: 'done' is not one of writing, complete \(and 4 more"):
+        TokenStore.open(store)
