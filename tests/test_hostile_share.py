@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import struct
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck
+from hypothesis import strategies as st
 
 from embedcache.store import write_store
 from embedcache.store.hdf5 import export_hdf5
@@ -372,3 +375,222 @@ def test_hdf5_import_into_a_users_folder_or_onto_a_fifo_is_refused(exported):
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
     os.mkfifo(exported.parent / "pipe.h5")
     refused(cli("import", exported.parent / "pipe.h5", exported.parent / "i.zarr"), "pipe.h5", "not a regular file")
+
+
+# -- property-based: fuzzed zip member names and small HDF5 structures ------------------------------------------------
+HYPOTHESIS = {"derandomize": True, "database": None, "deadline": None,
+              "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]}
+ZIP_EXAMPLES, HDF5_EXAMPLES = 120, 60
+SEGMENTS = ["a", "c", "0", "..", ".", "", "zarr.json", "tokens", "labels", "x\\y", "C:", "~", "a b", "\x01", "é",
+            "...", " ", "a" * 300]
+DEEP = "w/" * 7  # out.zarr sits 8 folders below the sandbox: 5 fuzzed '..' cannot climb out of it
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory) -> Path:
+    """A packed store, its HDF5 export, and the files an attack would read: other.h5 and secret.bin."""
+    root = tmp_path_factory.mktemp("templates")
+    make(root / "s.zarr")
+    store_zip(root / "z", [])
+    shutil.move(root / "z" / "crafted.zip", root / "s.zip")
+    export_hdf5(root / "s.zarr", root / "s.h5")
+    with h5py.File(root / "s.h5", "r") as src, h5py.File(root / "other.h5", "w") as other:
+        def secret_copy(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                other.create_dataset(name, data=obj[()] if obj.dtype.kind == "O" else np.full(obj.shape, 7, obj.dtype),
+                                     dtype=obj.dtype)
+        src.visititems(secret_copy)
+    (root / "secret.bin").write_bytes(b"\xc8" * (1 << 16))
+    return root
+
+
+zip_members = st.tuples(
+    st.one_of(st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=5).map("/".join),
+              st.text(alphabet="a./\\:\x00", max_size=12)),
+    st.booleans(),  # absolute: under the sandbox, so a bug cannot write anywhere else
+    st.sampled_from([0o100644, 0o120777, 0o010644, 0o040755, 0o020644, 0]),
+    st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]),
+    st.sampled_from([None, 0, 100, 1 << 20, 0xF0000000]),  # a forged declared size
+)
+
+
+def test_fuzzed_zip_members_never_escape_crash_or_bring_in_other_bytes(templates, tmp_path):
+    from hypothesis import given, settings
+
+    from embedcache.errors import StoreError
+    from embedcache.store import TokenStore
+    from embedcache.store.pack import copy_store
+
+    outcomes: list[str] = []
+
+    @settings(max_examples=ZIP_EXAMPLES, **HYPOTHESIS)
+    @given(members=st.lists(zip_members, min_size=1, max_size=3))
+    def check(members):
+        sandbox = Path(tempfile.mkdtemp(dir=tmp_path))
+        (sandbox / DEEP).mkdir(parents=True)
+        crafted = sandbox / "crafted.zip"
+        shutil.copy(templates / "s.zip", crafted)
+        with zipfile.ZipFile(crafted, "a") as archive, _quiet():
+            for name, absolute, mode, method, _ in members:
+                archive.writestr(member(f"{sandbox}/{name}" if absolute else name, mode, method), SECRET * 3)
+        for name, absolute, _, _, size in members:
+            if size is not None:
+                patch_declared_size(crafted, f"{sandbox}/{name}" if absolute else name, size)
+        out = sandbox / DEEP / "out.zarr"
+        before = snapshot(sandbox)
+        try:
+            copy_store(crafted, out)
+            outcomes.append("copied")
+        except StoreError:
+            outcomes.append("refused")
+        assert written_outside(before, snapshot(sandbox), out) == []
+        if out.exists():  # every byte written is a member's own bytes, under its own (checked) name
+            with zipfile.ZipFile(crafted) as archive:
+                names = set(archive.namelist())
+                for path in out.rglob("*"):
+                    assert not path.is_symlink()
+                    if path.is_file():
+                        key = path.relative_to(out).as_posix()
+                        assert key in names and path.read_bytes() == archive.read(key)
+        try:
+            TokenStore.open(crafted)
+        except StoreError:
+            pass
+        verify_store(crafted)  # reports, never raises
+        shutil.rmtree(sandbox)
+
+    check()
+    print(f"hypothesis: {len(outcomes)} fuzzed zips, {outcomes.count('copied')} copied, "
+          f"{outcomes.count('refused')} refused")  # pytest -s shows it
+    assert len(outcomes) >= ZIP_EXAMPLES // 2 and outcomes.count("refused") > 0 and outcomes.count("copied") > 0
+
+
+class _quiet:
+    """zipfile warns about the duplicate names the fuzzer writes on purpose."""
+
+    def __enter__(self):
+        import warnings
+
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *exc):
+        return self._catch.__exit__(*exc)
+
+
+HDF5_NAMES = ["labels", "splits", "valid_tokens", "num_samples", "clip_ids", "recording_ids", "offsets",
+              "lost_samples", "tokens/layer_1"]
+HDF5_OPS = ["external link", "soft link", "dangling soft link", "virtual", "external storage", "huge", "compact",
+            "gzip", "delete", "float64", "alias", "extra external link", "n_clips", "bad json", "no format",
+            "array attribute"]
+
+
+def mutate_hdf5(path: Path, templates: Path, op: str, name: str, number: int) -> None:
+    """Apply one attack or harmless rewrite to the export at `path`."""
+    other, flat = str(templates / "other.h5"), name.replace("/", "_")
+    with h5py.File(path, "r+") as handle:
+        def taken(link: str) -> bool:  # without resolving it (an external link would open its file)
+            return handle.id.links.exists(link.encode())
+
+        if op in ("n_clips", "bad json", "no format", "array attribute", "extra external link"):
+            if op == "n_clips":
+                try:
+                    attrs = json.loads(handle.attrs["embedcache"])
+                    attrs["layout"]["n_clips"] = number
+                    handle.attrs["embedcache"] = json.dumps(attrs)
+                except (KeyError, TypeError, ValueError):
+                    pass  # an earlier edit broke the attribute already
+            elif op == "bad json":
+                handle.attrs["embedcache"] = "{" * (number % 5000)
+            elif op == "no format" and "format" in handle.attrs:
+                del handle.attrs["format"]
+            elif op == "array attribute":
+                handle.attrs["embedcache"] = np.arange(number % 7)
+            elif op == "extra external link" and not taken(f"extra_{number}"):
+                handle[f"extra_{number}"] = h5py.ExternalLink(other, "/labels")
+            return
+        if not taken(name):
+            return
+        if handle.id.links.get_info(name.encode()).type != h5py.h5l.TYPE_HARD:
+            return  # an earlier edit replaced it
+        dataset = handle[name]
+        shape, dtype, text = dataset.shape, dataset.dtype, dataset.dtype.kind == "O"
+        data = dataset[()]
+        if op == "alias" and not taken(f"alias_{flat}"):
+            handle[f"alias_{flat}"] = dataset
+            return
+        if op == "soft link" and not taken(f"stash_{flat}"):
+            handle.move(name, f"/stash_{flat}")
+            handle[name] = h5py.SoftLink(f"/stash_{flat}")
+            return
+        del handle[name]
+        if op == "external link":
+            handle[name] = h5py.ExternalLink(other, f"/{name}")
+        elif op == "dangling soft link":
+            handle[name] = h5py.SoftLink("/nowhere")
+        elif op == "virtual" and not text:
+            layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+            layout[...] = h5py.VirtualSource(other, name, shape=shape)
+            handle.create_virtual_dataset(name, layout)
+        elif op == "external storage" and not text:
+            handle.create_dataset(name, shape=shape, dtype=dtype,
+                                  external=[(str(templates / "secret.bin"), 0, int(np.prod(shape)) * dtype.itemsize)])
+        elif op == "huge":
+            big = (shape[0] << (1 + number % 40), *shape[1:])
+            handle.create_dataset(name, shape=big, dtype=dtype, chunks=(min(big[0], 1024), *shape[1:]))
+        elif op == "compact":
+            plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            plist.set_layout(h5py.h5d.COMPACT)
+            handle.create_dataset(name, data=data, dtype=dtype, dcpl=plist)
+        elif op == "gzip":
+            handle.create_dataset(name, data=data, dtype=dtype, compression="gzip")
+        elif op == "float64" and not text:
+            handle.create_dataset(name, data=data.astype(np.float64))
+        elif op != "delete":
+            handle.create_dataset(name, data=data, dtype=dtype)  # an op that does not apply: put it back
+
+
+def same_arrays(store, template) -> bool:
+    names = ["labels", "split_codes", "valid_tokens", "num_samples", "clip_ids", "recording_ids", "offsets",
+             "lost_samples"]
+    return all(np.array_equal(getattr(store, name), getattr(template, name)) for name in names) and np.array_equal(
+        store.read_tokens(1, 0, N).numpy(), template.read_tokens(1, 0, N).numpy())
+
+
+def test_fuzzed_hdf5_structures_never_crash_write_outside_or_read_other_files(templates, tmp_path):
+    from hypothesis import given, settings
+
+    from embedcache.errors import StoreError
+    from embedcache.store import TokenStore
+    from embedcache.store.hdf5 import import_hdf5
+
+    template = TokenStore.open(templates / "s.zarr")
+    outcomes: list[str] = []
+
+    @settings(max_examples=HDF5_EXAMPLES, **HYPOTHESIS)
+    @given(edits=st.lists(st.tuples(st.sampled_from(HDF5_OPS), st.sampled_from(HDF5_NAMES),
+                                    st.integers(-3, 1 << 45)), min_size=1, max_size=3))
+    def check(edits):
+        sandbox = Path(tempfile.mkdtemp(dir=tmp_path))
+        source = sandbox / "in.h5"
+        shutil.copy(templates / "s.h5", source)
+        for op, name, number in edits:
+            mutate_hdf5(source, templates, op, name, number)
+        out = sandbox / "out.zarr"
+        before = snapshot(sandbox)
+        try:
+            imported = import_hdf5(source, out)
+        except StoreError:
+            outcomes.append("refused")
+            assert not out.exists()
+        else:
+            outcomes.append("imported")
+            assert same_arrays(imported, template)  # nothing from other.h5 or secret.bin came in
+        assert written_outside(before, snapshot(sandbox), out) == []
+        shutil.rmtree(sandbox)
+
+    check()
+    print(f"hypothesis: {len(outcomes)} fuzzed HDF5 files, {outcomes.count('imported')} imported, "
+          f"{outcomes.count('refused')} refused")  # pytest -s shows it
+    assert len(outcomes) >= HDF5_EXAMPLES // 2 and outcomes.count("refused") > 0 and outcomes.count("imported") > 0

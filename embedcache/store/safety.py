@@ -166,7 +166,7 @@ def zip_problems(path: Path) -> list[str]:
     for info in infos:
         name = info.filename
         where = f"zip member {shown(name)}"
-        why = key_problem(name[:-1] if info.is_dir() else name)
+        why = key_problem(name[:-1] if name.endswith("/") else name)
         mode = info.external_attr >> 16
         if why:
             problems.append(f"{where}: has {why}; {REPACK}")
