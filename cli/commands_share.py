@@ -38,7 +38,7 @@ def verify_command(store: str, as_json: bool, no_values: bool) -> None:
 @click.command("pack")
 @click.argument("store")
 @click.argument("zip_path", metavar="OUT.zip")
-@click.option("--overwrite", is_flag=True, help="Replace OUT.zip if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT.zip if it is a packed token store (never another file).")
 def pack_command(store: str, zip_path: str, overwrite: bool) -> None:
     """Pack a complete STORE into one .zip that every command opens directly (read-only)."""
     from embedcache.store.pack import pack_store
@@ -51,9 +51,13 @@ def pack_command(store: str, zip_path: str, overwrite: bool) -> None:
 @click.command("copy")
 @click.argument("source")
 @click.argument("destination")
-@click.option("--overwrite", is_flag=True, help="Replace a store already at DESTINATION.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a token store already at DESTINATION (other files and folders are never replaced).")
 def copy_command(source: str, destination: str, overwrite: bool) -> None:
-    """Copy a store byte for byte between places: directories, s3://... (or other fsspec URLs) and .zip files."""
+    """Copy a store byte for byte between places: directories, s3://... (or other fsspec URLs) and .zip files.
+
+    DESTINATION must be new, empty or a token store to replace, and never SOURCE itself (by any spelling or link).
+    """
     from embedcache.store.pack import copy_store
 
     report = copy_store(source, destination, overwrite=overwrite)
@@ -90,9 +94,13 @@ def export_command(store: str, h5_path: str, compression: str, overwrite: bool) 
 @click.command("import")
 @click.argument("h5_path", metavar="IN.h5", type=click.Path(dir_okay=False))
 @click.argument("store")
-@click.option("--overwrite", is_flag=True, help="Replace a store already at STORE.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a token store already at STORE (other files and folders are never replaced).")
 def import_command(h5_path: str, store: str, overwrite: bool) -> None:
-    """Create STORE (directory or URL) from an HDF5 file written by `embedcache export`."""
+    """Create STORE (directory or URL) from an HDF5 file written by `embedcache export`.
+
+    Links to other files, virtual datasets and external raw storage are refused before anything is read.
+    """
     from embedcache.store.hdf5 import import_hdf5
 
     opened = import_hdf5(h5_path, store, overwrite=overwrite)

@@ -97,3 +97,24 @@ def test_damage_on_s3_is_named_and_reads_touch_only_their_chunks(s3, tiny_manife
         store.read_tokens(0, 10, 12)
     problems = {p.key: p.what for p in verify_store(url).problems}
     assert set(problems) == {"tokens/layer_1/c/4/0/0", "tokens/layer_0/c/5/0/0"}
+
+
+def test_a_hostile_s3_store_is_refused_and_a_prefix_with_other_objects_is_never_mixed_into(s3, tiny_manifest,
+                                                                                            tmp_path):
+    local = tmp_path / "s.zarr"
+    extract(_config(tiny_manifest, local))
+    url = s3.url("hostile/s.zarr")
+    copy_store(local, url)
+    fs = s3.filesystem()
+    fs.pipe_file(f"{s3.bucket}/hostile/s.zarr/a/../../x", b"SECRET")  # an object key is any text on S3
+    (tmp_path / "w").mkdir()
+    copied = CliRunner().invoke(main, ["copy", url, str(tmp_path / "w" / "out.zarr")])
+    assert copied.exit_code == 1 and "'a/../../x'" in copied.output and "outside the destination" in copied.output
+    assert sorted(p.name for p in tmp_path.rglob("x")) == [] and not (tmp_path / "w" / "out.zarr").exists()
+    fs.pipe_file(f"{s3.bucket}/mine/notes.txt", b"mine")
+    mixed = CliRunner().invoke(main, ["copy", str(local), s3.url("mine"), "--overwrite"])
+    assert mixed.exit_code == 1 and "holds other objects" in mixed.output
+    assert fs.find(f"{s3.bucket}/mine") == [f"{s3.bucket}/mine/notes.txt"]
+    fs.rm_file(f"{s3.bucket}/hostile/s.zarr/a/../../x")
+    itself = CliRunner().invoke(main, ["copy", url, url + "/", "--overwrite"])
+    assert itself.exit_code == 1 and "is the same store" in itself.output and verify_store(url).ok
