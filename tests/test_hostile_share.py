@@ -123,6 +123,8 @@ def test_zip_member_names_that_escape_are_refused_by_every_command(tmp_path, ind
     out = tmp_path / "work" / "out.zarr"
     refused(cli("copy", crafted, out), str(crafted), name, "zip member")
     refused(cli("info", crafted), name, "zip member")
+    refused(cli("probe", crafted, "--head", "linear", "--epochs", "1", "--device", "cpu", "--out",
+                tmp_path / "work" / "run"), name, "zip member")
     refused(cli("pack", crafted, tmp_path / "work" / "again.zip"), name)
     verified = cli("verify", crafted)
     assert verified.exit_code == 1 and name in verified.output and "Traceback" not in verified.output

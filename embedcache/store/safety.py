@@ -110,31 +110,31 @@ def _kind(mode: int) -> str:
 
 def tree_problems(root: Path) -> list[str]:
     """Entries under a local store's root that are not regular files or folders (none of them is opened)."""
+    # Plain scandir with the directory entry's own type: no stat call per chunk (a few us per file).
     problems: list[str] = []
-    pending = [(root, "", 0)]
+    base = len(str(root)) + 1
+    pending = [(str(root), 0)]
     while pending and len(problems) < MAX_PROBLEMS:
-        folder, prefix, depth = pending.pop()
+        folder, depth = pending.pop()
         try:
-            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        if depth + 1 > MAX_FOLDER_DEPTH:
+                            problems.append(f"{entry.path[base:]}: folders nested deeper than {MAX_FOLDER_DEPTH}")
+                        else:
+                            pending.append((entry.path, depth + 1))
+                    elif entry.is_file(follow_symlinks=False):
+                        if entry.name == "zarr.json" and entry.stat(follow_symlinks=False).st_size > MAX_METADATA_BYTES:
+                            problems.append(f"{entry.path[base:]}: more than {MAX_METADATA_BYTES} bytes of metadata")
+                    else:
+                        mode = entry.stat(follow_symlinks=False).st_mode
+                        target = f" to {os.readlink(entry.path)}" if stat.S_ISLNK(mode) else ""
+                        problems.append(f"{entry.path[base:]}: is {_kind(mode)}{target}, not a regular file; a store "
+                                        f"must hold its own files only: delete it or {REPACK}")
         except OSError as error:
-            problems.append(f"{prefix or '.'}: cannot be listed ({error.strerror}); check its permissions")
-            continue
-        for entry in entries:
-            key = prefix + entry.name
-            if entry.is_dir(follow_symlinks=False):
-                if depth + 1 > MAX_FOLDER_DEPTH:
-                    problems.append(f"{key}: folders nested deeper than {MAX_FOLDER_DEPTH} levels")
-                else:
-                    pending.append((Path(entry.path), key + "/", depth + 1))
-                continue
-            mode = entry.stat(follow_symlinks=False).st_mode
-            if not stat.S_ISREG(mode):
-                target = f" to {os.readlink(entry.path)}" if stat.S_ISLNK(mode) else ""
-                problems.append(f"{key}: is {_kind(mode)}{target}, not a regular file; a store must hold its own "
-                                f"files only: delete it or {REPACK}")
-            elif entry.name == "zarr.json" and entry.stat(follow_symlinks=False).st_size > MAX_METADATA_BYTES:
-                problems.append(f"{key}: {entry.stat().st_size} bytes of metadata (at most {MAX_METADATA_BYTES})")
-    return problems
+            problems.append(f"{folder[base:] or '.'}: cannot be listed ({error.strerror}); check its permissions")
+    return sorted(problems)
 
 
 def regular_file_problem(path: Path) -> str | None:
