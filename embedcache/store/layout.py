@@ -23,6 +23,8 @@ each row is its own recording, at offset 0, with nothing known to be cropped.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
+
 import numpy as np
 import torch
 
@@ -98,3 +100,45 @@ def choose_chunk_clips(num_tokens: int, embed_dim: int, dtype: str, n_clips: int
     """Clips per chunk so one layer's chunk holds about TARGET_CHUNK_BYTES."""
     clip_bytes = max(1, num_tokens * embed_dim * itemsize(dtype))
     return int(max(1, min(n_clips, round(TARGET_CHUNK_BYTES / clip_bytes))))
+
+
+@dataclass
+class StoreSpec:
+    """Shapes and naming of a store: everything needed to create its arrays."""
+
+    n_clips: int
+    num_tokens: int
+    num_prefix: int
+    embed_dim: int
+    grid: tuple[int, int]
+    layers: list[int]
+    dtype: str
+    chunk_clips: int
+    label_names: list[str]
+    split_names: list[str]
+    compression: str = "zstd"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_clips // self.chunk_clips)
+
+    def chunk_range(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_clips
+        return start, min(self.n_clips, start + self.chunk_clips)
+
+    def token_nbytes(self) -> int:
+        """Uncompressed bytes of all token and prefix arrays."""
+        per_clip = (self.num_tokens + self.num_prefix) * self.embed_dim * itemsize(self.dtype)
+        return self.n_clips * per_clip * len(self.layers)
+
+    def to_attrs(self) -> dict:
+        attrs = asdict(self)
+        attrs["grid"] = list(self.grid)
+        return attrs
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> StoreSpec:
+        values = dict(attrs)
+        values["grid"] = tuple(values["grid"])
+        return cls(**values)

@@ -15,7 +15,7 @@ import numpy as np
 
 from embedcache.errors import StoreError
 from embedcache.store import layout
-from embedcache.store.writer import StoreSpec
+from embedcache.store.layout import StoreSpec
 
 KEY = f"zarr.json:attributes.{layout.ATTRS_KEY}"
 

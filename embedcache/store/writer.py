@@ -8,7 +8,7 @@ import json
 import queue
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,50 +16,8 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from embedcache.errors import StoreError
-from embedcache.store import layout, urls
-
-
-@dataclass
-class StoreSpec:
-    """Shapes and naming of a store: everything needed to create its arrays."""
-
-    n_clips: int
-    num_tokens: int
-    num_prefix: int
-    embed_dim: int
-    grid: tuple[int, int]
-    layers: list[int]
-    dtype: str
-    chunk_clips: int
-    label_names: list[str]
-    split_names: list[str]
-    compression: str = "zstd"
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def n_chunks(self) -> int:
-        return -(-self.n_clips // self.chunk_clips)
-
-    def chunk_range(self, chunk: int) -> tuple[int, int]:
-        start = chunk * self.chunk_clips
-        return start, min(self.n_clips, start + self.chunk_clips)
-
-    def token_nbytes(self) -> int:
-        """Uncompressed bytes of all token and prefix arrays."""
-        per_clip = (self.num_tokens + self.num_prefix) * self.embed_dim * layout.itemsize(self.dtype)
-        return self.n_clips * per_clip * len(self.layers)
-
-    def to_attrs(self) -> dict:
-        attrs = asdict(self)
-        attrs["grid"] = list(self.grid)
-        return attrs
-
-    @classmethod
-    def from_attrs(cls, attrs: dict) -> StoreSpec:
-        values = dict(attrs)
-        values["grid"] = tuple(values["grid"])
-        return cls(**values)
-
+from embedcache.store import layout, schema, urls
+from embedcache.store.layout import StoreSpec
 
 # Every chunk is stored even when it equals the fill value, so a missing chunk key always means damage.
 ARRAY_CONFIG = {"write_empty_chunks": True}
@@ -192,16 +150,8 @@ def write_row_arrays(group: zarr.Group, rows: RowInfo, array_options: dict) -> N
 
 
 def store_attrs(group: zarr.Group) -> dict:
-    """The embedcache attributes of a group, or a StoreError if it is not an embedcache store."""
-    attrs = group.attrs.asdict().get(layout.ATTRS_KEY)
-    if not isinstance(attrs, dict) or "layout" not in attrs:
-        raise StoreError(f"{group.store}: not an embedcache token store (no '{layout.ATTRS_KEY}' attributes)")
-    version = attrs.get("format_version")
-    if version not in layout.READABLE_VERSIONS:
-        raise StoreError(
-            f"{group.store}: store format version {version!r}, this embedcache reads versions "
-            f"{', '.join(map(str, layout.READABLE_VERSIONS))}; use the embedcache release that wrote it"
-        )
+    """The embedcache attributes of a group once they match the schema, or a one-line StoreError."""
+    attrs, _ = schema.parse_attrs(group.attrs.asdict().get(layout.ATTRS_KEY), str(group.store))
     return attrs
 
 
