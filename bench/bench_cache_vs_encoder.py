@@ -23,9 +23,11 @@ from bench.results import emit, machine, parse_args, ratio, timed
 from embedcache import audio, encoders, heads, losses
 from embedcache.datasets import read_manifest
 from embedcache.datasets.sample import build_sample_set
+from embedcache.device import resolve_device
 from embedcache.extract import ExtractConfig, extract
+from embedcache.loader import SplitData
 from embedcache.store import TokenStore
-from embedcache.train import HeadBank, HeadSpec, SplitData, TrainConfig, resolve_device, warmup_cosine
+from embedcache.train import HeadBank, HeadSpec, TrainConfig, warmup_cosine
 
 RANDOM_INIT = {"vit"}
 

@@ -19,8 +19,10 @@ import numpy as np
 
 from bench.results import emit, machine, parse_args, ratio, timed
 from bench.synthetic import SyntheticSpec, write_synthetic_store
+from embedcache.device import resolve_device
+from embedcache.loader import open_splits
 from embedcache.store import TokenStore
-from embedcache.train import HeadBank, HeadSpec, TrainConfig, open_splits, resolve_device
+from embedcache.train import HeadBank, HeadSpec, TrainConfig
 
 
 def _config(epochs: int, batch_size: int, device: str) -> TrainConfig:

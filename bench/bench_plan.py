@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 
 from bench.results import emit, machine, parse_args, ratio, timed
-from embedcache.train import shuffle_windows
+from embedcache.loader import shuffle_windows
 
 
 def scan_plan(chunk_of: np.ndarray, seed: int, epoch: int, window_chunks: int) -> list:

@@ -26,8 +26,9 @@ import torch
 from bench.results import parse_args
 from embedcache import heads, losses
 from embedcache.device import resolve_device
+from embedcache.loader import SplitData
 from embedcache.store import write_store
-from embedcache.train import HeadBank, HeadSpec, SplitData, TrainConfig
+from embedcache.train import HeadBank, HeadSpec, TrainConfig
 
 
 def build_store(path: Path, clips: int, grid: tuple[int, int], dim: int, classes: int) -> object:

@@ -22,8 +22,9 @@ from bench.bench_head_bank import bank_specs
 from bench.bench_probe import bare_tensor_seconds, epoch_seconds
 from bench.results import emit, machine, parse_args, ratio, timed
 from bench.synthetic import SyntheticSpec, write_synthetic_store
+from embedcache.loader import SplitData
 from embedcache.store import TokenStore
-from embedcache.train import HeadBank, HeadSpec, SplitData, TrainConfig
+from embedcache.train import HeadBank, HeadSpec, TrainConfig
 
 
 def epoch_row(store: TokenStore, kind: str, epochs: int, batch_size: int) -> dict:

@@ -36,8 +36,9 @@ from bench.results import emit, machine, ratio, timed
 from bench.synthetic import SyntheticSpec, write_synthetic_store
 from embedcache import encoders
 from embedcache.extract import ExtractConfig, extract
+from embedcache.loader import SplitData
 from embedcache.store import TokenStore
-from embedcache.train import HeadBank, HeadSpec, SplitData, TrainConfig
+from embedcache.train import HeadBank, HeadSpec, TrainConfig
 
 FULL = {
     "vit": {"embed_dim": 768, "depth": 12, "num_heads": 12, "n_mels": 128}, "clip_seconds": 10.0,

@@ -25,16 +25,15 @@ from safetensors.torch import save_file
 
 from embedcache import heads as head_registry
 from embedcache.errors import ConfigError, StoreError
+from embedcache.loader import SplitData, open_splits
 from embedcache.store import TokenStore
 from embedcache.store.subset import Subset
 from embedcache.train import (
     HeadBank,
     HeadSpec,
-    SplitData,
     TrainConfig,
     checked_lr,
     checked_weight_decay,
-    open_splits,
     selection_metric,
     split_metrics,
 )

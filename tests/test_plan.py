@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bench.bench_plan import scan_plan
-from embedcache.train import ChunkIndex, sequential_windows, shuffle_windows
+from embedcache.loader import ChunkIndex, sequential_windows, shuffle_windows
 
 
 @pytest.mark.parametrize("window_chunks", [1, 3, 8])

@@ -9,19 +9,9 @@ import pytest
 import torch
 
 from embedcache.errors import ConfigError, StoreError
+from embedcache.loader import IN_MEMORY, STREAMING, SplitData, open_splits, shuffle_windows
 from embedcache.store import write_store
-from embedcache.train import (
-    IN_MEMORY,
-    STREAMING,
-    HeadBank,
-    HeadSpec,
-    SplitData,
-    TrainConfig,
-    open_splits,
-    shuffle_windows,
-    split_metrics,
-    warmup_cosine,
-)
+from embedcache.train import HeadBank, HeadSpec, TrainConfig, split_metrics, warmup_cosine
 
 LABELS = ["dog", "bell", "siren"]
 
