@@ -234,6 +234,7 @@ def _provenance(config: ExtractConfig, encoder: encoders.Encoder, manifest: Mani
             "class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
             "config": encoder.config(),
             "random_init": config.random_init,
+            "options": config.encoder_options,
             "checkpoint": config.checkpoint,
             "checkpoint_sha256": extra["checkpoint_sha256"],
             "num_layers": encoder.num_layers,

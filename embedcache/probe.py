@@ -11,9 +11,12 @@ import copy
 import csv
 import datetime as dt
 import fcntl
+import hashlib
 import io
 import json
 import re
+import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from embedcache import heads as head_registry
 from embedcache.errors import ConfigError, StoreError
 from embedcache.loader import SplitData, open_splits
+from embedcache.results import Predictions, confusion_rows, write_predictions
 from embedcache.store import TokenStore
 from embedcache.store.subset import Subset
 from embedcache.train import (
@@ -44,6 +50,8 @@ SPLIT_ALIASES = {"train": ("train",), "valid": ("valid", "val", "validation", "d
 ROLE_WORDS = {"train": "training", "valid": "validation", "test": "test"}
 FOLD_PATTERN = re.compile(r"fold[_-]?(\d+)", re.IGNORECASE)
 TASKS = ("multilabel", "multiclass")
+DATA_ORDERS = ("per_seed", "shared")
+UNITS_DIR = "units"
 
 # The code's defaults; configs/probes/default.yaml spells out the same values (a test keeps them equal).
 DEFAULT_CONFIG: dict = {
@@ -57,14 +65,23 @@ DEFAULT_CONFIG: dict = {
     "grid": {"lr": [3e-3, 1e-2, 3e-2], "weight_decay": [1e-4]},
     "seeds": 1,
     "seed": 0,
+    # per_seed: seed s sets a bank's head init and its data order (one pass per seed); shared: every seed's heads
+    # share one pass in the order of `seed` (seeds then differ in init only).
+    "data_order": "per_seed",
+    # Options merged into the heads: {key: value} for every head taking it, or {head name: {key: value}}.
+    "head_options": {},
+    # Write every test clip's scores per head and seed (predictions.csv) and, for multi-class data, confusion.csv.
+    "predictions": True,
     "train": TrainConfig(epochs=30, batch_size=32).to_dict(),
 }
 
 LEDGER_COLUMNS = [
     "timestamp", "run_dir", "store", "encoder", "checkpoint_sha256", "layer", "task", "head", "kind", "options",
     "lr", "weight_decay", "seed", "epochs", "batch_size", "num_parameters", "metric", "valid", "test",
-    "test_map", "test_micro_ap", "test_macro_auroc", "test_accuracy",
+    "test_map", "test_micro_ap", "test_macro_auroc", "test_accuracy", "status",
 ]
+# Columns added after the first ledgers were written: an older ledger lacks them (read as empty, added on append).
+LEDGER_ADDED = ("status",)
 
 
 # -- configuration ----------------------------------------------------------------------------------------
@@ -163,6 +180,66 @@ def parse_splits(text: str) -> dict:
     return splits
 
 
+def apply_overrides(
+    config: dict | None = None,
+    lr: Sequence[float] | None = None,
+    weight_decay: Sequence[float] | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    layer: int | None = None,
+    subset: str | dict | None = None,
+    splits: str | dict | None = None,
+    head_options: dict | None = None,
+    data_order: str | None = None,
+) -> dict:
+    """A copy of `config` with the options given here applied: the one override path of the CLI, the Python API
+    and the sweep. lr/weight decay replace the grid and every head's own values; head_options ({key: value}, or
+    {head name: {key: value}}) are merged into the heads' options."""
+    config = copy.deepcopy(config or {})
+    grid = {key: list(values) for key, values in (("lr", lr), ("weight_decay", weight_decay)) if values}
+    if grid:
+        config["grid"] = {**config.get("grid", {}), **grid}
+        for entry in config.get("heads", []):  # command-line values win over per-head values from the file too
+            if isinstance(entry, dict):
+                entry.update(grid)
+    train = {key: value for key, value in (("epochs", epochs), ("batch_size", batch_size), ("device", device))
+             if value is not None}
+    if train:
+        config["train"] = {**config.get("train", {}), **train}
+    for key, value in (("layer", layer), ("subset", subset), ("data_order", data_order)):
+        if value is not None:
+            config[key] = value
+    if splits:
+        config["splits"] = {**config.get("splits", {}), **(parse_splits(splits) if isinstance(splits, str)
+                                                            else splits)}
+    if head_options:
+        config["head_options"] = {**config.get("head_options", {}), **head_options}
+    return config
+
+
+def _with_head_options(heads: list[dict], options: dict) -> list[dict]:
+    """Merge `head_options` into the resolved heads: {key: value} for every head that takes that option, or
+    {head name: {key: value}} for one head."""
+    named = {name: value for name, value in options.items() if isinstance(value, dict)}
+    shared = {key: value for key, value in options.items() if not isinstance(value, dict)}
+    unknown = sorted(set(named) - {head["name"] for head in heads})
+    if unknown:
+        raise ConfigError(f"head_options: no head named {unknown[0]!r} (heads: {', '.join(h['name'] for h in heads)})")
+    for head in heads:
+        accepted = set(head_registry.head_options(head["kind"])) - {"generator"}
+        for key, value in {**{k: v for k, v in shared.items() if k in accepted}, **named.get(head["name"], {})}.items():
+            if key not in accepted:
+                raise ConfigError(f"head_options: {head['name']} ({head['kind']}) takes no option {key!r}; it "
+                                  f"takes {', '.join(sorted(accepted))}")
+            head["options"] = {**head["options"], key: value}
+    taken = {key for head in heads for key in head_registry.head_options(head["kind"])} - {"generator"}
+    ignored = sorted(set(shared) - taken)
+    if ignored:
+        raise ConfigError(f"head_options: no head here takes {ignored[0]!r}")
+    return heads
+
+
 def resolve_config(config: dict | None = None, **overrides) -> dict:
     """Defaults <- config <- overrides (non-None), with every head spelled out: the form written to config.yaml."""
     merged = _merge(DEFAULT_CONFIG, config or {})
@@ -182,6 +259,10 @@ def resolve_config(config: dict | None = None, **overrides) -> dict:
     }
     merged["grid"] = grid
     merged["heads"] = [_resolve_head(entry, grid, i) for i, entry in enumerate(merged["heads"])]
+    if not isinstance(merged["head_options"], dict):
+        raise ConfigError(f"head_options: {merged['head_options']!r} is not a mapping")
+    merged["heads"] = _with_head_options(merged["heads"], merged["head_options"])
+    merged["head_options"] = {}  # now part of every head's options, as config.yaml records them
     names = [head["name"] for head in merged["heads"]]
     if len(set(names)) != len(names):
         raise ConfigError(f"heads: names must be unique, got {names}; give repeated kinds a 'name'")
@@ -193,6 +274,10 @@ def resolve_config(config: dict | None = None, **overrides) -> dict:
     if set(merged["split_stores"]) - set(SPLIT_ROLES):
         raise ConfigError(f"split_stores: keys must be among {list(SPLIT_ROLES)}, got {sorted(merged['split_stores'])}")
     merged["seeds"], merged["seed"] = _whole(merged["seeds"], "seeds", 1), _whole(merged["seed"], "seed")
+    if merged["data_order"] not in DATA_ORDERS:
+        raise ConfigError(f"data_order {merged['data_order']!r}: choose {' or '.join(DATA_ORDERS)}")
+    if not isinstance(merged["predictions"], bool):
+        raise ConfigError(f"predictions: {merged['predictions']!r} is not true or false")
     merged["layer"] = _whole(merged["layer"], "layer", null=True)
     merged["train"] = TrainConfig.from_dict(merged["train"]).to_dict()
     merged["subset"] = Subset.from_value(merged["subset"]).to_dict() or None  # the view, recorded as plain data
@@ -215,6 +300,8 @@ class HeadResult:
     test: dict
     per_seed: list[dict] = field(default_factory=list)
     per_class: dict = field(default_factory=dict)
+    # "ok", "diverged" (every seed) or "diverged in N seed(s)" (those seeds are left out of the means).
+    status: str = "ok"
 
 
 @dataclass
@@ -455,12 +542,14 @@ def run_probe(
     ledger: str | Path | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> ProbeReport:
     """Train every head configuration per seed in one bank, choose each head's lr/wd on validation, test it once.
 
     head_kinds (None: the config's heads) and seeds override the config; the ledger defaults to <out>/../ledger.csv.
-    An out_dir that already holds a run is refused unless overwrite=True (the ledger keeps every earlier row).
-    `log` gets one line per split role the store matched by an alias (also kept in the report and metrics.json).
+    An out_dir that already holds a run is refused unless overwrite=True (the ledger keeps every earlier row); one
+    that holds the finished banks of an interrupted run with the same settings resumes it. `log` gets one line per
+    split role the store matched by an alias (also kept in the report and metrics.json); `progress` shows a bar.
     """
     out_dir = Path(out_dir).resolve()
     overrides = {"store": absolute_url(store_path) if store_path is not None else None, "seeds": seeds}
@@ -495,22 +584,34 @@ def run_probe(
         )
     metric = selection_metric(multilabel)
 
-    # Phase 1: one bank per seed (the seed sets both the heads' init and the data order).
-    banks, sweep = [], []
-    for offset in range(resolved["seeds"]):
-        seed = resolved["seed"] + offset
-        specs, names = _bank_specs(resolved, seed)
-        train_config = TrainConfig.from_dict({**resolved["train"], "data_seed": seed})
-        bank = HeadBank(specs, train_config, multilabel=multilabel).fit(train, valid)
-        banks.append((seed, bank, names))
-        for k, (spec, name) in enumerate(zip(specs, names)):
-            sweep.append({
-                "head": name, "kind": spec.kind, "lr": spec.lr, "weight_decay": spec.weight_decay, "seed": seed,
-                f"valid_{metric}": bank.valid_metrics_[k].get(metric, float("nan")) if valid is not None else "",
-            })
+    # Phase 1: the banks (one per seed, or one for every seed), each saved as a unit once trained, so that the same
+    # command resumes an interrupted run without training a finished bank again.
+    units = _plan_units(resolved)
+    fingerprint = _run_fingerprint(resolved, stores)
+    done = _load_units(out_dir, fingerprint, overwrite)
+    bar = _progress(len(units) * resolved["train"]["epochs"], progress and len(done) < len(units), metric)
+    bank_list = []
+    try:
+        for unit in units:
+            if unit["name"] in done:
+                bank = HeadBank.restore(*done[unit["name"]], device=train.device)
+                bar.update(resolved["train"]["epochs"])
+            else:
+                train_config = TrainConfig.from_dict({**resolved["train"], "data_seed": unit["data_seed"]})
+                bank = HeadBank(unit["specs"], train_config, multilabel=multilabel).fit(
+                    train, valid, on_epoch=lambda epoch, fitted: _show(bar, fitted, metric))
+                _save_unit(out_dir, unit["name"], fingerprint, bank)
+            bank_list.append((unit, bank))
+    finally:
+        bar.close()
+    sweep = [{
+        "head": name, "kind": spec.kind, "lr": spec.lr, "weight_decay": spec.weight_decay, "seed": spec.seed,
+        f"valid_{metric}": bank.valid_metrics_[k].get(metric, float("nan")) if valid is not None else "",
+        "diverged": k in bank.diverged_,
+    } for unit, bank in bank_list for k, (spec, name) in enumerate(zip(unit["specs"], unit["names"]))]
 
     # Phase 2: per named head, the (lr, wd) with the best mean validation metric over seeds; test it once per seed.
-    results = []
+    results, predictions = [], {}
     for head in resolved["heads"]:
         candidates = [(lr, wd) for lr in head["lr"] for wd in head["weight_decay"]]
 
@@ -524,12 +625,20 @@ def run_probe(
 
         # First best wins ties, so the choice does not depend on float noise in later grid points.
         chosen = max(candidates, key=mean_valid)
-        results.append(_evaluate_chosen(head, chosen, banks, valid, test, multilabel, metric))
+        members = [(seed, bank, k) for unit, bank in bank_list for seed, k in unit["members"]
+                   if unit["names"][k] == head["name"] and (unit["specs"][k].lr, unit["specs"][k].weight_decay)
+                   == chosen]
+        result, scores = _evaluate_chosen(head, chosen, members, valid, test, multilabel, metric)
+        results.append(result)
+        predictions.update({(head["name"], seed): value for seed, value in scores.items()})
 
-    report = ProbeReport(out_dir, resolved, results, dict(banks[0][1].data_paths_), sweep, None, notes)
+    report = ProbeReport(out_dir, resolved, results, dict(bank_list[0][1].data_paths_), sweep, None, notes)
     if test is not None:
         report.data_paths[test.split] = test.path
-    _write_run(report, banks, train.store)
+    _write_run(report, bank_list, train.store)
+    if resolved["predictions"] and test is not None:
+        _write_predictions(out_dir, test, predictions, multilabel)
+    shutil.rmtree(out_dir / UNITS_DIR, ignore_errors=True)  # the run is whole: its chosen heads are in weights/
     ledger_path = Path(ledger) if ledger is not None else out_dir.resolve().parent / "ledger.csv"
     append_ledger(ledger_path, ledger_rows(report, train.store))
     report.ledger = ledger_path
@@ -545,6 +654,7 @@ def run_folds(
     ledger: str | Path | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> FoldsReport:
     """k-fold cross-validation over the store's fold splits: one probe run per fold (see `fold_plan`) in out/<fold>.
 
@@ -588,7 +698,7 @@ def run_folds(
             f"test {entry['test']}")
         splits = {role: entry[role] for role in SPLIT_ROLES}
         runs.append(run_probe(None, None, out_dir / entry["fold"], config={**resolved, "splits": splits},
-                              ledger=ledger_path, overwrite=overwrite, log=log))
+                              ledger=ledger_path, overwrite=overwrite, log=log, progress=progress))
     # The config that re-runs the whole cross-validation: the first fold's, with the splits left to --folds.
     base = {**runs[0].config, "splits": {**defaults, "valid": defaults["valid"] if plan[0]["valid"] else None}}
     report = FoldsReport(out_dir, base, plan, runs, fold_summary(plan, runs), ledger_path)
@@ -596,32 +706,123 @@ def run_folds(
     return report
 
 
-def _evaluate_chosen(head: dict, chosen: tuple[float, float], banks: list, valid: SplitData | None,
-                     test: SplitData | None, multilabel: bool, metric: str) -> HeadResult:
-    per_seed, valid_per_seed, per_class = [], [], {"valid": [], "test": []}
+def _evaluate_chosen(head: dict, chosen: tuple[float, float], members: list, valid: SplitData | None,
+                     test: SplitData | None, multilabel: bool, metric: str) -> tuple[HeadResult, dict]:
+    """The chosen configuration's metrics per seed (members: (seed, bank, head index)) and its test scores per
+    seed; a diverged seed has NaN metrics, is marked, and is left out of the mean over seeds."""
+    per_seed, per_class, scores = [], {"valid": [], "test": []}, {}
     num_parameters = 0
-    for seed, bank, names in banks:
-        k = next(i for i, (spec, name) in enumerate(zip(bank.specs, names))
-                 if name == head["name"] and (spec.lr, spec.weight_decay) == chosen)
+    for seed, bank, k in members:
         num_parameters = bank.heads_[k].num_parameters()
-        entry: dict = {"seed": seed, "index": k}
+        entry: dict = {"seed": seed, "index": k, "bank": bank}
+        diverged = k in bank.diverged_
+        if diverged:
+            entry["diverged"] = True
         if valid is not None:
             valid_metrics = bank.valid_metrics_[k]
-            valid_per_seed.append(_scalars(valid_metrics))
             per_class["valid"].append(valid_metrics.get("per_class_ap"))
             entry["valid"] = _scalars(valid_metrics)
-        if test is not None:
-            test_metrics = split_metrics(test.labels, bank.predict(test, which=[k])[0], multilabel, test.recordings)
-            per_class["test"].append(test_metrics.get("per_class_ap"))
-            entry["test"] = _scalars(test_metrics)
+        if test is not None and not diverged:
+            seed_scores = bank.predict(test, which=[k])[0]
+            if np.isfinite(seed_scores).all():
+                scores[seed] = seed_scores
+                test_metrics = split_metrics(test.labels, seed_scores, multilabel, test.recordings)
+                per_class["test"].append(test_metrics.get("per_class_ap"))
+                entry["test"] = _scalars(test_metrics)
+            else:
+                entry["diverged"] = True
         per_seed.append(entry)
-    return HeadResult(
+    healthy = [e for e in per_seed if not e.get("diverged")]
+    result = HeadResult(
         name=head["name"], kind=head["kind"], lr=chosen[0], weight_decay=chosen[1], options=dict(head["options"]),
         num_parameters=num_parameters, metric=metric,
-        valid=_scalar_summary(valid_per_seed) if valid_per_seed else {},
-        test=_scalar_summary([e["test"] for e in per_seed]) if test is not None else {},
+        valid=_scalar_summary([e["valid"] for e in healthy]) if valid is not None and healthy else {},
+        test=_scalar_summary([e["test"] for e in healthy]) if test is not None and healthy else {},
         per_seed=per_seed, per_class=per_class,
+        status="ok" if len(healthy) == len(per_seed) else ("diverged" if not healthy else
+                                                           f"diverged in {len(per_seed) - len(healthy)} seed(s)"),
     )
+    return result, scores
+
+
+# -- units: banks saved as soon as they are trained (resume) ------------------------------------------------
+def _plan_units(config: dict) -> list[dict]:
+    """The banks of a run: one per seed (data_order per_seed) or one for every seed (shared). Each unit lists its
+    specs, their head names, its data seed and members [(seed, head index)]."""
+    seeds = [config["seed"] + offset for offset in range(config["seeds"])]
+    groups = [[seed] for seed in seeds] if config["data_order"] == "per_seed" else [seeds]
+    units = []
+    for group in groups:
+        specs, names = [], []
+        for seed in group:
+            seed_specs, seed_names = _bank_specs(config, seed)
+            specs += seed_specs
+            names += seed_names
+        name = f"seed{group[0]}" if len(group) == 1 else f"seeds{group[0]}-{group[-1]}"
+        units.append({"name": name, "specs": specs, "names": names, "data_seed": group[0],
+                      "members": [(spec.seed, k) for k, spec in enumerate(specs)]})
+    return units
+
+
+def _run_fingerprint(config: dict, stores: dict[str, TokenStore]) -> str:
+    """What a saved unit must match to be reused: the resolved config and the stores' fingerprints."""
+    settings = {key: value for key, value in config.items() if key != "predictions"}
+    views = {role: store.describe_view() for role, store in stores.items()}
+    text = json.dumps({"config": settings, "stores": views}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _load_units(out_dir: Path, fingerprint: str, overwrite: bool) -> dict[str, tuple[dict, dict]]:
+    """The finished units of an interrupted run with the same settings (name -> snapshot); none with overwrite."""
+    folder = out_dir / UNITS_DIR
+    if not folder.is_dir():
+        return {}
+    if overwrite:
+        shutil.rmtree(folder)
+        return {}
+    found = {}
+    for state_path in sorted(folder.glob("*.json")):
+        try:
+            state = json.loads(state_path.read_text())
+            tensors = load_file(str(state_path.with_suffix(".safetensors")))
+        except (OSError, ValueError, json.JSONDecodeError, SafetensorError) as error:
+            raise ConfigError(f"{state_path}: a saved unit of an interrupted run cannot be read ({error}); pass "
+                              "--overwrite to start the run again") from None
+        if state.get("fingerprint") != fingerprint:
+            raise ConfigError(f"{out_dir} holds an interrupted run made with other settings or another store "
+                              f"({state_path.name}); resume with the same command, or pass --overwrite to start over")
+        found[state_path.stem] = (tensors, state["bank"])
+    return found
+
+
+def _save_unit(out_dir: Path, name: str, fingerprint: str, bank: HeadBank) -> None:
+    """Write a trained bank atomically (weights, then the JSON that marks it done)."""
+    folder = out_dir / UNITS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, state = bank.snapshot()
+    save_file(tensors, str(folder / f"{name}.safetensors"))
+    partial = folder / f"{name}.json.partial"
+    partial.write_text(json.dumps({"fingerprint": fingerprint, "bank": state}))
+    partial.replace(folder / f"{name}.json")
+
+
+def _progress(total: int, enabled: bool, metric: str):
+    """A progress bar over epochs of every bank (heads x seeds share it) on a terminal, or a silent stand-in."""
+    return tqdm(total=total, unit="epoch", desc="probe", disable=None if enabled else True, dynamic_ncols=True,
+                file=sys.stderr,
+                postfix={f"best valid {metric}": "-"})
+
+
+def _show(bar, bank: HeadBank, metric: str) -> None:
+    values = [m.get(metric) for m in bank.valid_metrics_ if isinstance(m.get(metric), float) and
+              np.isfinite(m.get(metric))]
+    best = getattr(bar, "best_", None)
+    if values:
+        best = max(values) if best is None else max(best, max(values))
+        bar.best_ = best
+    if best is not None:
+        bar.set_postfix({f"best valid {metric}": f"{best:.4f}", "diverged": len(bank.diverged_)}, refresh=False)
+    bar.update(1)
 
 
 def _scalars(values: dict) -> dict:
@@ -642,7 +843,7 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -
         writer.writerows(rows)
 
 
-def _write_run(report: ProbeReport, banks: list, store: TokenStore) -> None:
+def _write_run(report: ProbeReport, bank_list: list, store: TokenStore) -> None:
     run_dir = report.run_dir
     (run_dir / "weights").mkdir(parents=True, exist_ok=True)
     for stale in (run_dir / "weights").glob("*.safetensors"):  # an overwritten run must not keep old heads
@@ -657,23 +858,36 @@ def _write_run(report: ProbeReport, banks: list, store: TokenStore) -> None:
         "split_notes": report.split_notes,
         "data_paths": report.data_paths,
         "view": store.describe_view(),
+        "label_names": store.label_names,
         "std": "sample standard deviation over seeds (ddof=1)",
         "heads": [
             {"head": r.name, "kind": r.kind, "lr": r.lr, "weight_decay": r.weight_decay, "options": r.options,
-             "num_parameters": r.num_parameters, "valid": r.valid, "test": r.test,
-             "per_seed": [{key: value for key, value in e.items() if key != "index"} for e in r.per_seed]}
+             "num_parameters": r.num_parameters, "status": r.status, "valid": r.valid, "test": r.test,
+             "per_seed": [{key: value for key, value in e.items() if key not in ("index", "bank")}
+                          for e in r.per_seed]}
             for r in report.results
         ],
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _write_csv(run_dir / "per_class_ap.csv", _per_class_rows(report, store))
     _write_csv(run_dir / "sweep.csv", report.sweep)
-    curves = [{"bank_seed": seed, **row} for seed, bank, _ in banks for row in bank.curves_]
+    curves = [{"bank_seed": unit["data_seed"], **row} for unit, bank in bank_list for row in bank.curves_]
     _write_csv(run_dir / "curves.csv", curves)
-    banks_by_seed = {seed: bank for seed, bank, _ in banks}
     for result in report.results:
         for entry in result.per_seed:
-            _save_head(run_dir / "weights", result, entry["seed"], banks_by_seed[entry["seed"]].heads_[entry["index"]])
+            _save_head(run_dir / "weights", result, entry["seed"], entry["bank"].heads_[entry["index"]])
+
+
+def _write_predictions(run_dir: Path, test: SplitData, scores: dict, multilabel: bool) -> None:
+    """predictions.csv: every test clip's scores per head and seed; confusion.csv for single-label data."""
+    store = test.store
+    predictions = Predictions(
+        clip_ids=store.clip_ids[test.indices], label_names=list(store.label_names), scores=scores, labels=test.labels,
+        recording_ids=store.recording_ids[test.indices] if store.is_windowed else None,
+    )
+    write_predictions(run_dir / "predictions.csv", predictions)
+    if not multilabel:
+        _write_csv(run_dir / "confusion.csv", confusion_rows(predictions))
 
 
 def _write_folds(report: FoldsReport) -> None:
@@ -765,6 +979,7 @@ def ledger_rows(report: ProbeReport, store: TokenStore) -> list[dict]:
                 "batch_size": train["batch_size"], "num_parameters": result.num_parameters, "metric": result.metric,
                 "valid": entry.get("valid", {}).get(result.metric, ""), "test": test.get(result.metric, ""),
                 **{f"test_{key}": test.get(key, "") for key in ("map", "micro_ap", "macro_auroc", "accuracy")},
+                "status": "diverged" if entry.get("diverged") else "ok",
             })
     return rows
 
@@ -776,6 +991,10 @@ def append_ledger(path: Path, rows: list[dict]) -> None:
         fcntl.flock(handle, fcntl.LOCK_EX)
         handle.seek(0)
         header = handle.readline().strip()
+        older = [column for column in LEDGER_COLUMNS if column not in LEDGER_ADDED]
+        if header and header.split(",") == older:
+            _add_ledger_columns(handle)
+            header = ",".join(LEDGER_COLUMNS)
         if header and header.split(",") != LEDGER_COLUMNS:
             raise StoreError(
                 f"{path}: this ledger has columns {header.split(',')[:6]}... not embedcache's {LEDGER_COLUMNS[:6]}...; "
@@ -788,6 +1007,19 @@ def append_ledger(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
         handle.seek(0, io.SEEK_END)
         handle.write(buffer.getvalue())
+
+
+def _add_ledger_columns(handle) -> None:
+    """Rewrite an older ledger (held open and locked) with the columns added since, empty in its rows."""
+    handle.seek(0)
+    rows = list(csv.reader(handle))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(LEDGER_COLUMNS)
+    writer.writerows(row + [""] * len(LEDGER_ADDED) for row in rows[1:] if row)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(buffer.getvalue())
 
 
 # Ledger columns read as numbers: column -> "float" (finite), "int", "metric" (a number, NaN or empty), "layer" (int
@@ -838,7 +1070,7 @@ def read_ledger(path: str | Path, log: Callable[[str], None] = print) -> list[di
             if not header:
                 raise ConfigError(f"{path}: empty: no header row; a results ledger starts with "
                                   f"{','.join(LEDGER_COLUMNS[:3])},... (pass the ledger.csv a probe run wrote)")
-            missing = [column for column in LEDGER_COLUMNS if column not in header]
+            missing = [column for column in LEDGER_COLUMNS if column not in header and column not in LEDGER_ADDED]
             if missing:
                 raise ConfigError(f"{path}: not an embedcache results ledger: missing column(s) {missing[:6]}"
                                   f"{'...' if len(missing) > 6 else ''}; pass the ledger.csv a probe run wrote")
@@ -863,7 +1095,7 @@ def read_ledger(path: str | Path, log: Callable[[str], None] = print) -> list[di
                     if skipped <= LEDGER_WARNINGS_SHOWN:
                         log(f"{path} line {reader.line_num}: {problem}; row skipped")
                     continue
-                rows.append({column: row[column] for column in LEDGER_COLUMNS})
+                rows.append({column: row.get(column, "") for column in LEDGER_COLUMNS})
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); pass the ledger.csv a probe run "
                           "wrote") from None
@@ -925,6 +1157,7 @@ def _rows_from_report(report: ProbeReport) -> list[dict]:
             "test": (r.test.get(r.metric), r.test.get(f"{r.metric}_std")),
             "test_map": (r.test.get("map"), r.test.get("map_std")),
             "test_recording_map": (r.test.get("recording_map"), r.test.get("recording_map_std")),
+            "status": r.status,
         })
     return rows
 
@@ -947,9 +1180,12 @@ def format_comparison_table(report_or_rows: ProbeReport | Sequence[dict]) -> str
     for row in rows:
         metric_cell = f"{row['metric']} {_fmt(*row['test'])}" if row["metric"] != "map" else "-"
         valid_cell = f"{row['metric']} {_fmt(*row['valid'])}"
+        test_cell = _fmt(*row["test_map"])
+        if row.get("status", "ok") != "ok":  # diverged seeds are left out of the means, and said so
+            test_cell = row["status"] if test_cell == "-" else f"{test_cell} ({row['status']})"
         lines.append([row[column] for column in prefix_columns] + [
             row["head"], row["kind"], str(row["layer"]), f"{row['lr']:g}", f"{row['weight_decay']:g}",
-            f"{row['params']:,}", str(row["seeds"]), valid_cell, _fmt(*row["test_map"]), metric_cell,
+            f"{row['params']:,}", str(row["seeds"]), valid_cell, test_cell, metric_cell,
         ] + ([_fmt(*row["test_recording_map"])] if recordings else []))
     return _render_table(header, lines)
 

@@ -222,11 +222,17 @@ class HeadBank:
     def fit(
         self, train: SplitData, valid: SplitData | None = None,
         on_validation: Callable[[int, dict[int, dict]], Iterable[int]] | None = None,
+        on_epoch: Callable[[int, HeadBank], None] | None = None,
     ) -> HeadBank:
         """Train every head for config.epochs over `train`, evaluating on `valid` for the curves.
 
+        One AdamW over K parameter groups (each head its own lr and weight decay) and one backward of the summed
+        losses per batch: a head's gradient comes from its own loss only, so each head still ends bit-identical to
+        the same head trained alone. A head whose loss or validation scores stop being finite is marked in
+        `diverged_` (its metrics NaN, `"diverged": True`) and trains no further; the others go on.
         on_validation(epoch, {head index: metrics}) runs after each validation pass and returns heads to stop (a
         sweep's pruner): a stopped head trains no further and keeps the metrics of its last pass (stopped_).
+        on_epoch(epoch, bank) runs after every epoch (progress display).
         """
         config = self.config
         self._build(train)
@@ -235,25 +241,23 @@ class HeadBank:
         steps_per_epoch = math.ceil(train.n_clips / config.batch_size)
         total = config.epochs * steps_per_epoch
         warmup = min(total, round(config.warmup_epochs * steps_per_epoch))
-        optimisers, schedulers = [], []
-        for spec, head in zip(self.specs, self.heads_):
-            optimiser = torch.optim.AdamW(head.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-            optimisers.append(optimiser)
-            schedulers.append(
-                torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, warmup, total))
-            )
+        groups = [{"params": list(head.parameters()), "lr": spec.lr, "weight_decay": spec.weight_decay}
+                  for spec, head in zip(self.specs, self.heads_)]
+        optimiser = torch.optim.AdamW(groups)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, warmup, total))
         self.data_paths_ = {train.split: train.path}
         if valid is not None:
             self.data_paths_[valid.split] = valid.path
         self.curves_: list[dict] = []
         self.valid_metrics_: list[dict] = [{} for _ in self.heads_]
         self.stopped_: set[int] = set()
+        self.diverged_: set[int] = set()
         metric = selection_metric(self.multilabel_)
         batches = train.epoch_batches(config.batch_size, config.data_seed, range(config.epochs))
         for epoch, epoch_batches in itertools.groupby(batches, key=lambda item: item[0]):
-            if len(self.stopped_) == len(self.heads_):
+            if len(self.stopped_ | self.diverged_) == len(self.heads_):
                 break
-            active = [k for k in range(len(self.heads_)) if k not in self.stopped_]
+            active = [k for k in range(len(self.heads_)) if k not in self.stopped_ | self.diverged_]
             started = time.perf_counter()
             for head in self.heads_:
                 head.train()
@@ -261,55 +265,108 @@ class HeadBank:
             for _, raw in epoch_batches:
                 batch = _token_batch(raw)
                 targets = self._loss_targets(raw.targets)
+                head_losses = []
                 for k in active:
-                    head = self.heads_[k]
                     with self._head_rng(k, device), self._autocast(device):
-                        logits = head(batch)
-                    loss = self.loss_fn_(logits.float(), targets) + head.auxiliary_loss()
-                    optimisers[k].zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimisers[k].step()
-                    schedulers[k].step()
-                    loss_sums[k] += loss.detach().double() * len(raw.positions)
+                        logits = self.heads_[k](batch)
+                    head_losses.append(self.loss_fn_(logits.float(), targets) + self.heads_[k].auxiliary_loss())
+                optimiser.zero_grad(set_to_none=True)
+                torch.stack(head_losses).sum().backward()
+                optimiser.step()
+                scheduler.step()
+                loss_sums[active] += torch.stack(head_losses).detach().double() * len(raw.positions)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # honest epoch times: wait for the queued kernels
             train_seconds = time.perf_counter() - started
+            losses_per_head = (loss_sums / train.n_clips).tolist()
+            self._mark_diverged([k for k in active if not math.isfinite(losses_per_head[k])], epoch + 1, "loss")
             last = epoch == config.epochs - 1
             evaluate = valid is not None and (last or (epoch + 1) % config.eval_every == 0)
+            results: dict[int, dict] = {}
             if evaluate:
-                scores = self.predict(valid, which=active)
+                alive = [k for k in active if k not in self.diverged_]
+                scores = self.predict(valid, which=alive) if alive else []
+                finite = {k: s for k, s in zip(alive, scores) if np.isfinite(s).all()}
+                self._mark_diverged([k for k in alive if k not in finite], epoch + 1, "validation scores")
                 results = {k: split_metrics(valid.labels, s, self.multilabel_, valid.recordings)
-                           for k, s in zip(active, scores)}
+                           for k, s in finite.items()}
                 for k, result in results.items():
                     self.valid_metrics_[k] = result
                 if on_validation is not None:
-                    self.stopped_ |= set(on_validation(epoch + 1, results))
-            losses_per_head = (loss_sums / train.n_clips).tolist()
+                    self.stopped_ |= set(on_validation(epoch + 1, results)) - self.diverged_
             for k in active:
                 spec = self.specs[k]
                 self.curves_.append({
                     "head": spec.label, "kind": spec.kind, "lr": spec.lr, "weight_decay": spec.weight_decay,
                     "seed": spec.seed, "epoch": epoch + 1, "train_loss": losses_per_head[k],
-                    f"valid_{metric}": results[k][metric] if evaluate else "",
-                    "lr_now": optimisers[k].param_groups[0]["lr"], "train_seconds": round(train_seconds, 4),
+                    f"valid_{metric}": results[k][metric] if k in results else "",
+                    "lr_now": optimiser.param_groups[k]["lr"], "train_seconds": round(train_seconds, 4),
                 })
+            if on_epoch is not None:
+                on_epoch(epoch + 1, self)
         return self
 
-    @torch.no_grad()
+    def snapshot(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """A fitted bank as (tensors `<head>.<name>`, JSON-able state): what `restore` needs to predict and report."""
+        tensors = {f"{k}.{key}": value.detach().cpu().contiguous()
+                   for k, head in enumerate(self.heads_) for key, value in head.state_dict().items()}
+        state = {
+            "specs": [asdict(spec) for spec in self.specs], "config": self.config.to_dict(),
+            "head_configs": [head.config for head in self.heads_], "multilabel": self.multilabel_,
+            "loss_kind": self.loss_kind_, "valid_metrics": self.valid_metrics_, "curves": self.curves_,
+            "data_paths": self.data_paths_, "stopped": sorted(self.stopped_), "diverged": sorted(self.diverged_),
+        }
+        return tensors, state
+
+    @classmethod
+    def restore(cls, tensors: dict[str, torch.Tensor], state: dict, device: torch.device | str = "cpu") -> HeadBank:
+        """The fitted bank a `snapshot` describes (heads rebuilt from their configs, weights loaded)."""
+        bank = cls([HeadSpec(**spec) for spec in state["specs"]], TrainConfig.from_dict(state["config"]),
+                   multilabel=state["multilabel"])
+        bank.multilabel_, bank.loss_kind_ = state["multilabel"], state["loss_kind"]
+        bank.heads_ = []
+        for k, config in enumerate(state["head_configs"]):
+            head = head_registry.create(**config)
+            prefix = f"{k}."
+            head.load_state_dict({key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)})
+            bank.heads_.append(head.to(device))
+        bank.valid_metrics_, bank.curves_ = state["valid_metrics"], state["curves"]
+        bank.data_paths_ = state["data_paths"]
+        bank.stopped_, bank.diverged_ = set(state["stopped"]), set(state["diverged"])
+        return bank
+
+    def _mark_diverged(self, heads: Sequence[int], epoch: int, what: str) -> None:
+        """Stop `heads` for good: NaN metrics marked diverged (a configuration that never wins)."""
+        metric = selection_metric(self.multilabel_)
+        for k in heads:
+            self.diverged_.add(k)
+            self.valid_metrics_[k] = {metric: math.nan, "diverged": True, "diverged_epoch": epoch,
+                                      "diverged_in": what}
+
     def predict(self, data: SplitData, which: Sequence[int] | None = None) -> list[np.ndarray]:
         """Scores [N, C] per selected head over the whole split, in split order (sigmoid or softmax)."""
         chosen = list(range(len(self.heads_))) if which is None else list(which)
-        for k in chosen:
-            self.heads_[k].eval()
-        outputs: list[list[torch.Tensor]] = [[] for _ in chosen]
-        for raw in data.batches(self.config.batch_size):
-            batch = _token_batch(raw)
-            for slot, k in enumerate(chosen):
-                with self._autocast(data.device):
-                    logits = self.heads_[k](batch).float()
-                probs = torch.sigmoid(logits) if self.multilabel_ else torch.softmax(logits, dim=1)
-                outputs[slot].append(probs.cpu())
-        return [torch.cat(parts).numpy() for parts in outputs]
+        return predict_scores([self.heads_[k] for k in chosen], data, self.multilabel_, self.config.batch_size,
+                              amp=self.config.amp)
+
+
+@torch.no_grad()
+def predict_scores(
+    heads: Sequence[torch.nn.Module], data: SplitData, multilabel: bool, batch_size: int = 128, amp: bool = True
+) -> list[np.ndarray]:
+    """Scores [N, C] of each head over the whole split, in split order: sigmoid (multi-label) or softmax."""
+    for head in heads:
+        head.eval()
+    outputs: list[list[torch.Tensor]] = [[] for _ in heads]
+    autocast = data.device.type == "cuda" and amp
+    for raw in data.batches(batch_size):
+        batch = _token_batch(raw)
+        for slot, head in enumerate(heads):
+            with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+                logits = head(batch).float()
+            probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
+            outputs[slot].append(probs.cpu())
+    return [torch.cat(parts).numpy() for parts in outputs]
 
 
 def _token_batch(raw: RawBatch) -> head_registry.TokenBatch:

@@ -66,7 +66,7 @@ def test_run_probe_writes_a_complete_run_directory_and_ledger(tmp_path, store):
     out = tmp_path / "runs" / "first"
     report = run_probe(store.path, ["linear", "protobin"], out, config=FAST, seeds=2)
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.yaml", "curves.csv", "metrics.json", "per_class_ap.csv", "sweep.csv", "weights"]
+        "config.yaml", "curves.csv", "metrics.json", "per_class_ap.csv", "predictions.csv", "sweep.csv", "weights"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["selection_metric"] == "map" and metrics["layer"] == 3 and metrics["task"] == "multilabel"
     assert metrics["data_paths"] == {"train": "in-memory", "valid": "in-memory", "test": "in-memory"}
@@ -384,6 +384,6 @@ def test_results_warns_on_extra_columns_and_skips_truncated_rows(tmp_path):
     rows = read_ledger(ledger, log=warnings.append)
     assert len(rows) == 3 and list(rows[0]) == LEDGER_COLUMNS
     assert warnings == [f"{ledger}: column(s) ['note'] are not embedcache's; ignored",
-                        f"{ledger} line 5: 3 fields, the header has 24 (a truncated or hand-edited row); row skipped"]
+                        f"{ledger} line 5: 3 fields, the header has 25 (a truncated or hand-edited row); row skipped"]
     result = CliRunner().invoke(main, ["results", str(ledger)])
     assert result.exit_code == 0 and result.output.count("warning: ") == 2 and "linear" in result.output

@@ -285,3 +285,19 @@ def test_train_settings_of_the_wrong_type_are_refused_naming_the_key(values, mes
         TrainConfig.from_dict(values)
     with pytest.raises(ConfigError, match="train: expected a mapping"):
         TrainConfig.from_dict([("epochs", 3)])
+
+
+def test_a_diverging_head_is_marked_and_the_others_train_on(tmp_path):
+    store = make_store(tmp_path / "s.zarr")
+    train, valid = SplitData(store, "train"), SplitData(store, "valid")
+    # lr x weight decay = 1e4: the decoupled decay multiplies the weights by -9999 a step, to inf, then NaN.
+    specs = [HeadSpec("linear", lr=1e-2), HeadSpec("linear", lr=1e6, weight_decay=1e-2), HeadSpec("protobin", lr=1e-2)]
+    epochs = []
+    bank = HeadBank(specs, FAST).fit(train, valid, on_epoch=lambda epoch, _: epochs.append(epoch))
+    assert bank.diverged_ == {1} and epochs == [1, 2, 3]
+    assert bank.valid_metrics_[1]["diverged"] is True and np.isnan(bank.valid_metrics_[1]["map"])
+    for k in (0, 2):  # the healthy heads end exactly as if trained without the diverging one
+        alone = HeadBank([specs[k]], FAST).fit(train, valid)
+        assert_same_state(state(alone.heads_[0]), state(bank.heads_[k]))
+        assert bank.valid_metrics_[k]["map"] == alone.valid_metrics_[0]["map"] > 0
+    assert max(row["epoch"] for row in bank.curves_ if row["lr"] == 1e6) == bank.valid_metrics_[1]["diverged_epoch"]
