@@ -80,9 +80,18 @@ def test_readme_commands_and_python_snippet_run_in_order(workdir, monkeypatch, o
         ran.append(args[0])
     assert {"extract", "probe", "results", "sweep"} <= set(ran)
     assert (workdir / "runs" / "windows.zarr").is_dir() and (workdir / "runs" / "probes" / "ledger.csv").is_file()
-    (snippet,) = blocks("python")
+    snippets = blocks("python")
+    assert len(snippets) == 2
+    api: dict = {}
+    exec(compile(snippets[0], "README.md", "exec"), api)  # noqa: S102 (the README's own code)
+    assert api["clip"]["clip_id"] == "clip_0003" and api["clip"]["tokens"].shape[1] == api["store"].embed_dim
+    assert len(api["scores"]) == 2 and api["scores"][0].shape == (18, 6)
+    assert set(api["bank"].valid_metrics_[1]) >= {"map"} and api["report"].results[0].name == "protobin"
+    saved = (workdir / "runs" / "api-probe" / "predictions.csv").read_text().splitlines()
+    assert len(saved) == 1 + sum(len(values) for values in api["predictions"].scores.values())
+    assert [t.layers[0].shape[1] for t in api["tokens"]] == [256, 256]
     scope: dict = {}
-    exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 (the README's own snippet)
+    exec(compile(snippets[1], "README.md", "exec"), scope)  # noqa: S102 (the README's own snippet)
     assert scope["grid"].shape[:3] == (8, *scope["meta"]["layout"]["grid"])
     assert scope["mask"].shape == scope["tokens"].shape[:2] and scope["mask"].any()
     assert os.path.samefile(Path.cwd(), workdir)

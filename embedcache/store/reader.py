@@ -350,6 +350,30 @@ class TokenStore:
         """True when rows are windows of longer recordings (several rows may share a recording)."""
         return bool((self.provenance.get("clip_policy") or {}).get("window_samples"))
 
+    def row_of(self, clip_id: str) -> int:
+        """The row of a clip id in the view; a StoreError naming the id when it is not there."""
+        if not hasattr(self, "_row_index"):
+            self._row_index = {str(name): row for row, name in zip(self.selected.tolist(),
+                                                                    self.clip_ids[self.selected].tolist())}
+        if clip_id not in self._row_index:
+            where = "this store view" if self._rows is not None else "this store"
+            raise StoreError(f"{self.path}: no clip {clip_id!r} in {where}")
+        return self._row_index[clip_id]
+
+    def clip(self, clip_id: str, layer: int | None = None) -> dict:
+        """One clip by id: its real tokens [valid, D] (time-major), prefix tokens, labels, split and row."""
+        row = self.row_of(clip_id)
+        valid = int(self.valid_tokens[row])
+        tokens = self.read_tokens(layer, row, row + 1)[0]
+        prefix = self.read_prefix(layer, row, row + 1)
+        labels = self.labels[row]
+        return {
+            "clip_id": clip_id, "row": row, "tokens": tokens[:valid], "prefix": None if prefix is None else prefix[0],
+            "grid": (valid // self.grid[1], self.grid[1]), "split": self.spec.split_names[int(self.split_codes[row])],
+            "labels": [name for name, value in zip(self.label_names, labels.tolist(), strict=True) if value],
+            "recording_id": str(self.recording_ids[row]), "offset": int(self.offsets[row]),
+        }
+
     def split_indices(self, name: str | Sequence[str]) -> np.ndarray:
         """Sorted clip indices of split `name` (or of the union of several splits) inside the view."""
         names = [name] if isinstance(name, str) else list(name)
