@@ -33,7 +33,13 @@ def _parse_shard(text: str) -> tuple[int, int]:
 @click.option("--seconds", default=10.0, show_default=True, help="Clip length the token grid is given for.")
 @click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON (with each full front-end config).")
 def encoders_command(seconds: float, as_json: bool) -> None:
-    """List the encoder families: input config, token grid, prefix tokens and sizes at the released model size."""
+    """List the encoder families: input config, token grid, prefix tokens and sizes at the released model size.
+
+    \b
+    Examples:
+      embedcache encoders
+      embedcache encoders --seconds 5 --json
+    """
     from embedcache.encoders.catalog import catalog, format_catalog
 
     rows = catalog(seconds)
@@ -77,7 +83,15 @@ def encoders_command(seconds: float, as_json: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing store made with other settings.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def extract_command(**kw) -> None:
-    """Run a frozen encoder once over a manifest and cache every patch token in a Zarr store."""
+    """Run a frozen encoder once over a manifest and cache every patch token in a Zarr store.
+
+    \b
+    Examples:
+      embedcache extract --encoder melpatch --manifest data/sample/manifest.csv --out runs/sample.zarr
+      embedcache extract --encoder beats --checkpoint BEATs_iter3_plus_AS2M.pt --manifest M.csv --out S.zarr \\
+          --layers all
+      embedcache extract --encoder dasheng --checkpoint dasheng_base.pt --manifest M.csv --out S.zarr --window 5
+    """
     from embedcache.extract import ExtractConfig, extract
     from embedcache.rows import Mixup
 
@@ -120,7 +134,13 @@ def final_line(report) -> str:
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info_command(store: str, as_json: bool) -> None:
-    """Clips, splits, labels, layers, token grid, dtype, size and provenance of a store."""
+    """Clips, splits, labels, layers, token grid, dtype, size and provenance of a store.
+
+    \b
+    Examples:
+      embedcache info runs/sample.zarr
+      embedcache info s3://bucket/sample.zarr --json
+    """
     from embedcache.store import TokenStore
     from embedcache.store.summary import format_summary, summarize
 
@@ -137,7 +157,13 @@ def info_command(store: str, as_json: bool) -> None:
 def quickstart_command(
     out_dir: str | None, encoder: str | None, checkpoint: str | None, seeds: int, no_probes: bool
 ) -> None:
-    """Build the bundled sample set, extract it with the default encoder, train linear/attentive/protobin."""
+    """Build the bundled sample set, extract it with the default encoder, train linear/attentive/protobin.
+
+    \b
+    Examples:
+      embedcache quickstart
+      embedcache quickstart --encoder vit --seeds 3 --out runs/qs-vit
+    """
     from pathlib import Path
 
     from embedcache.quickstart import REPO_ROOT, run_quickstart

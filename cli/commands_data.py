@@ -45,6 +45,10 @@ def folders_command(root: Path, out: Path | None, ratios: str, seed: int, group_
     """A folder per class under ROOT -> single-label manifest with train/valid/test splits, stratified per class.
 
     With --group-by, takes of one source (velocity layers, one speaker, one recording) never straddle splits.
+
+    \b
+    Example:
+      embedcache manifest folders data/drums --group-by takes --out data/drums/manifest.csv
     """
     try:
         split_ratios = tuple(float(part) for part in ratios.split(","))
@@ -67,7 +71,12 @@ def folders_command(root: Path, out: Path | None, ratios: str, seed: int, group_
 @click.option("--classes", type=click.Choice(["35", "12"]), default="35", show_default=True,
               help="35 words, or 10 words + _silence_ (1 s cuts of _background_noise_) + _unknown_ (other words)")
 def speechcommands_command(root: Path, out: Path | None, classes: str) -> None:
-    """Speech Commands v2 folder (word folders, validation_list.txt, testing_list.txt) -> train/valid/test manifest."""
+    """Speech Commands v2 folder (word folders, validation_list.txt, testing_list.txt) -> train/valid/test manifest.
+
+    \b
+    Example:
+      embedcache manifest speechcommands speech_commands_v0.02 --classes 12
+    """
     path, notes = from_speech_commands(root, out, classes=int(classes))
     _report(path)
     for note in notes:
@@ -93,6 +102,10 @@ def hf_command(path: str, out: Path, audio_column: str, label_column: str, split
     """A Hugging Face data set saved locally (save_to_disk folder, .parquet/.arrow files) -> manifest. Never downloads.
 
     Needs the `datasets` package: pip install "embedcache[hf]".
+
+    \b
+    Example:
+      embedcache manifest hf birdset_hsn/ --label-column ebird_code_multilabel --out hsn/manifest.csv
     """
     result = from_hf(path, out, label_column, audio_column=audio_column, split_map=_split_map(split_maps),
                      split_column=split_column, id_column=id_column, label_names_file=label_names,
@@ -117,6 +130,10 @@ def fewshot_command(manifest: Path, shots: int, seed: int, out: Path | None, spl
 
     A selected clip counts for every label it carries; classes are filled rarest first, so a class may end with more
     than k positives, and one with fewer than k train clips gets them all (both reported).
+
+    \b
+    Example:
+      embedcache manifest fewshot hsn/manifest.csv --shots 64 --seed 0 --out hsn/64shot.csv
     """
     path, few = write_few_shot(manifest, shots, seed, out=out, split=split, labels_path=labels)
     _report(path)
@@ -133,7 +150,12 @@ def fewshot_command(manifest: Path, shots: int, seed: int, out: Path | None, spl
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help=_OUT_HELP)
 def esc50_command(root: Path, out: Path | None) -> None:
-    """ESC-50 folder (meta/esc50.csv, audio/) -> manifest with splits fold1..fold5."""
+    """ESC-50 folder (meta/esc50.csv, audio/) -> manifest with splits fold1..fold5.
+
+    \b
+    Example:
+      embedcache manifest esc50 ESC-50-master --out esc50/manifest.csv
+    """
     _report(from_esc50(root, out))
 
 
@@ -141,7 +163,12 @@ def esc50_command(root: Path, out: Path | None) -> None:
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help=_OUT_HELP)
 def fsd50k_command(root: Path, out: Path | None) -> None:
-    """FSD50K folder (FSD50K.ground_truth/, FSD50K.dev_audio/, FSD50K.eval_audio/) -> train/valid/test manifest."""
+    """FSD50K folder (FSD50K.ground_truth/, FSD50K.dev_audio/, FSD50K.eval_audio/) -> train/valid/test manifest.
+
+    \b
+    Example:
+      embedcache manifest fsd50k FSD50K --out fsd50k/manifest.csv
+    """
     _report(from_fsd50k(root, out))
 
 
@@ -155,7 +182,13 @@ def fsd50k_command(root: Path, out: Path | None) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="manifest CSV to write; must be in a folder that contains --audio-dir")
 def audioset_command(segments: tuple[str, ...], class_indices: Path, audio_dir: Path, out: Path) -> None:
-    """AudioSet segment CSVs -> multi-label manifest; segments without audio are listed, not silently dropped."""
+    """AudioSet segment CSVs -> multi-label manifest; segments without audio are listed, not silently dropped.
+
+    \b
+    Example:
+      embedcache manifest audioset --segments train=balanced_train_segments.csv --segments test=eval_segments.csv \\
+          --class-indices class_labels_indices.csv --audio-dir audioset/ --out audioset/as20k.csv
+    """
     segments_csvs = {}
     for item in segments:
         split, sep, path = item.partition("=")
@@ -174,7 +207,12 @@ def audioset_command(segments: tuple[str, ...], class_indices: Path, audio_dir: 
 @click.option("--workers", default=2, show_default=True, help="decoding processes")
 @click.option("--follow-symlinks", is_flag=True, help="let symlinks in the manifest's folder lead outside it")
 def check_command(manifest: Path, labels: Path | None, workers: int, follow_symlinks: bool) -> None:
-    """Decode every file of MANIFEST and list every bad row with its reason (exit 1 if any)."""
+    """Decode every file of MANIFEST and list every bad row with its reason (exit 1 if any).
+
+    \b
+    Example:
+      embedcache manifest check data/sample/manifest.csv
+    """
     good, bad_rows = find_bad_rows(manifest, labels, workers=workers, follow_symlinks=follow_symlinks)
     for clip_id, reason in bad_rows:
         click.echo(f"{clip_id}: {reason}")
@@ -192,7 +230,12 @@ def check_command(manifest: Path, labels: Path | None, workers: int, follow_syml
 @click.option("--seconds", "clip_seconds", default=5.0, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 def sample_command(out_dir: Path, n_clips: int, clip_seconds: float, seed: int) -> None:
-    """Build the bundled multi-label sample set (short events over a quiet background) from data/sources."""
+    """Build the bundled multi-label sample set (short events over a quiet background) from data/sources.
+
+    \b
+    Example:
+      embedcache manifest sample --out data/sample --clips 120
+    """
     _report(build_sample_set(out_dir, n_clips=n_clips, clip_seconds=clip_seconds, seed=seed))
 
 

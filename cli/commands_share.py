@@ -12,7 +12,13 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-values", is_flag=True, help="Skip the NaN/inf scan of tokens (still decodes every chunk).")
 def verify_command(store: str, as_json: bool, no_values: bool) -> None:
-    """Decode every chunk of STORE (path, .zip or URL) and check markers, counts, NaN/inf and provenance."""
+    """Decode every chunk of STORE (path, .zip or URL) and check markers, counts, NaN/inf and provenance.
+
+    \b
+    Examples:
+      embedcache verify runs/sample.zarr
+      embedcache verify received.zip --json
+    """
     from embedcache.store.verify import verify_store
 
     report = verify_store(store, check_values=not no_values)
@@ -40,7 +46,12 @@ def verify_command(store: str, as_json: bool, no_values: bool) -> None:
 @click.argument("zip_path", metavar="OUT.zip")
 @click.option("--overwrite", is_flag=True, help="Replace OUT.zip if it is a packed token store (never another file).")
 def pack_command(store: str, zip_path: str, overwrite: bool) -> None:
-    """Pack a complete STORE into one .zip that every command opens directly (read-only)."""
+    """Pack a complete STORE into one .zip that every command opens directly (read-only).
+
+    \b
+    Example:
+      embedcache pack runs/sample.zarr runs/sample.zip
+    """
     from embedcache.store.pack import pack_store
 
     report = pack_store(store, zip_path, overwrite=overwrite)
@@ -57,6 +68,11 @@ def copy_command(source: str, destination: str, overwrite: bool) -> None:
     """Copy a store byte for byte between places: directories, s3://... (or other fsspec URLs) and .zip files.
 
     DESTINATION must be new, empty or a token store to replace, and never SOURCE itself (by any spelling or link).
+
+    \b
+    Examples:
+      embedcache copy runs/sample.zarr s3://bucket/sample.zarr
+      embedcache copy received.zip runs/received.zarr
     """
     from embedcache.store.pack import copy_store
 
@@ -69,7 +85,12 @@ def copy_command(source: str, destination: str, overwrite: bool) -> None:
 @click.argument("store")
 @click.argument("source")
 def append_command(store: str, source: str) -> None:
-    """Add SOURCE's new clips (or, for the same clips, its new layers) to STORE in place; same encoder only."""
+    """Add SOURCE's new clips (or, for the same clips, its new layers) to STORE in place; same encoder only.
+
+    \b
+    Example:
+      embedcache append runs/as20k.zarr runs/more_clips.zarr
+    """
     from embedcache.store.grow import append_store
 
     report = append_store(store, source)
@@ -83,7 +104,12 @@ def append_command(store: str, source: str) -> None:
 @click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT.h5 if it exists.")
 def export_command(store: str, h5_path: str, compression: str, overwrite: bool) -> None:
-    """Write STORE to one HDF5 file: tokens, prefix, labels, grid, valid tokens, clip ids, splits, provenance."""
+    """Write STORE to one HDF5 file: tokens, prefix, labels, grid, valid tokens, clip ids, splits, provenance.
+
+    \b
+    Example:
+      embedcache export runs/sample.zarr runs/sample.h5 --compression gzip
+    """
     from embedcache.store.hdf5 import export_hdf5
 
     out = export_hdf5(store, h5_path, compression=None if compression == "none" else compression,
@@ -100,6 +126,10 @@ def import_command(h5_path: str, store: str, overwrite: bool) -> None:
     """Create STORE (directory or URL) from an HDF5 file written by `embedcache export`.
 
     Links to other files, virtual datasets and external raw storage are refused before anything is read.
+
+    \b
+    Example:
+      embedcache import runs/sample.h5 runs/imported.zarr
     """
     from embedcache.store.hdf5 import import_hdf5
 
