@@ -284,6 +284,65 @@ def resolve_config(config: dict | None = None, **overrides) -> dict:
     return merged
 
 
+@dataclass(frozen=True)
+class HeadConfig:
+    """One named head of a probe config: its kind, options and the lr / weight-decay grid it is trained over."""
+
+    name: str
+    kind: str
+    lr: tuple[float, ...]
+    weight_decay: tuple[float, ...]
+    options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "lr": list(self.lr), "weight_decay": list(self.weight_decay),
+                "options": dict(self.options)}
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """A resolved probe config, typed: built once by `resolve` (defaults <- config <- overrides, every value
+    checked), written to config.yaml by `to_dict`, and read back by `from_dict` to the same object."""
+
+    store: str | None
+    layer: int | None
+    task: str | None
+    splits: dict
+    split_stores: dict
+    subset: dict | None
+    heads: tuple[HeadConfig, ...]
+    grid: dict
+    seeds: int
+    seed: int
+    data_order: str
+    predictions: bool
+    train: TrainConfig
+
+    @classmethod
+    def resolve(cls, config: dict | None = None, **overrides) -> ProbeConfig:
+        """The one path every entry point takes: the CLI, the Python API and the sweep (see `apply_overrides`)."""
+        return cls.from_dict(resolve_config(config, **overrides))
+
+    @classmethod
+    def from_dict(cls, resolved: dict) -> ProbeConfig:
+        values = resolve_config(resolved)
+        values.pop("head_options")  # already merged into the heads
+        values["heads"] = tuple(HeadConfig(h["name"], h["kind"], tuple(h["lr"]), tuple(h["weight_decay"]),
+                                           dict(h["options"])) for h in values["heads"])
+        values["train"] = TrainConfig.from_dict(values["train"])
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        """The form config.yaml holds (and `run_probe` takes)."""
+        return {
+            "store": self.store, "layer": self.layer, "task": self.task, "splits": dict(self.splits),
+            "split_stores": dict(self.split_stores), "subset": self.subset,
+            "heads": [head.to_dict() for head in self.heads], "grid": dict(self.grid), "seeds": self.seeds,
+            "seed": self.seed, "data_order": self.data_order, "head_options": {}, "predictions": self.predictions,
+            "train": self.train.to_dict(),
+        }
+
+
 # -- results --------------------------------------------------------------------------------------------
 @dataclass
 class HeadResult:
@@ -537,7 +596,7 @@ def run_probe(
     store_path: str | Path,
     head_kinds: Sequence[str] | None,
     out_dir: str | Path,
-    config: dict | None = None,
+    config: ProbeConfig | dict | None = None,
     seeds: int | None = None,
     ledger: str | Path | None = None,
     overwrite: bool = False,
@@ -555,6 +614,8 @@ def run_probe(
     overrides = {"store": absolute_url(store_path) if store_path is not None else None, "seeds": seeds}
     if head_kinds:
         overrides["heads"] = list(head_kinds)
+    if isinstance(config, ProbeConfig):
+        config = config.to_dict()
     resolved = resolve_config(config, **overrides)
     if resolved["store"] is None:
         raise ConfigError("no store given: pass STORE or set `store:` in the config")

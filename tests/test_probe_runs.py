@@ -183,3 +183,19 @@ def test_an_older_ledger_gains_the_status_column_when_a_run_appends(tmp_path):
     run_probe(tmp_path / "s.zarr", ["linear"], tmp_path / "run", config=FAST, ledger=tmp_path / "ledger.csv")
     header, *rows = list(csv.reader(open(tmp_path / "ledger.csv")))
     assert header == LEDGER_COLUMNS and [r[-1] for r in rows] == ["", "ok"]
+
+
+def test_probe_config_is_typed_and_round_trips_through_config_yaml(tmp_path):
+    import yaml
+
+    from embedcache.probe import HeadConfig, ProbeConfig
+
+    make_store(tmp_path / "s.zarr")
+    overrides = apply_overrides(FAST, lr=[1e-2], head_options={"protobin": {"prototypes_per_class": 2}})
+    config = ProbeConfig.resolve(overrides, heads=["linear", "protobin"], store=str(tmp_path / "s.zarr"))
+    assert config.heads[1] == HeadConfig("protobin", "protobin", (1e-2,), (1e-4,), {"prototypes_per_class": 2})
+    assert config.train.epochs == 2 and config.data_order == "per_seed"
+    report = run_probe(None, None, tmp_path / "run", config=config)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert ProbeConfig.from_dict(saved) == ProbeConfig.from_dict(report.config)
+    assert ProbeConfig.from_dict(saved).heads == config.heads
