@@ -20,7 +20,7 @@ from embedcache.extract import ExtractConfig, extract
 from embedcache.probe import run_probe
 from embedcache.report import build_report, find_sources
 from embedcache.report.evidence import clip_evidence, grid_map, load_head
-from embedcache.report.tables import head_table, sweep_trials
+from embedcache.report.tables import head_tables, sweep_trials
 from embedcache.store import write_store
 from embedcache_cli.main import main as cli
 
@@ -102,34 +102,36 @@ def _ledger_row(**values) -> dict:
     return row
 
 
-def test_head_table_has_paper_shape_latest_run_mean_std_and_valid_fallback():
+def test_head_table_takes_the_latest_run_mean_std_over_seeds_and_marks_valid_fallback():
+    view = {"store": "/nowhere/as20k-beats.zarr", "fingerprint": "f" * 64, "subset": None}
     rows = [
         _ledger_row(test="0.40", seed="0"), _ledger_row(test="0.50", seed="1"),
-        # a later run of the same encoder x head x dataset replaces the earlier one
+        # a later run of the same head on the same store replaces the earlier one
         _ledger_row(timestamp="2026-02-01T00:00:00+00:00", run_dir="/r/b", test="0.30", seed="0"),
         _ledger_row(timestamp="2026-02-01T00:00:00+00:00", run_dir="/r/b", test="0.34", seed="1"),
-        _ledger_row(head="linear", test="0.20"),
-        _ledger_row(encoder="eat", store="/nowhere/esc50-eat.zarr", head="linear", metric="accuracy",
-                    valid="0.9", test=""),
+        _ledger_row(head="linear", run_dir="/r/c", valid="0.9", test=""),  # no test split
     ]
-    names = {"/nowhere/as20k-beats.zarr": "as20k", "/nowhere/esc50-eat.zarr": "esc50"}
-    table = head_table(rows, names)
-    assert table.rows == [("beats", "linear"), ("beats", "protobin"), ("eat", "linear")]
-    assert table.datasets == ["as20k", "esc50"]
-    mean, std, seeds = table.cells[("beats", "protobin"), "as20k"]
-    assert (round(mean, 6), round(std, 6), seeds) == (0.32, round(float(np.std([0.30, 0.34], ddof=1)), 6), 2)
-    assert table.cell_text(("eat", "linear"), "esc50") == "90.00 ± 0.00"  # valid when there is no test
-    assert table.cell_text(("eat", "linear"), "as20k") == "-"
-    assert table.metrics == {"as20k": "map", "esc50": "accuracy"}
+    (table,) = head_tables(rows, {"/nowhere/as20k-beats.zarr": "as20k"}, {"/r/a": view, "/r/b": view, "/r/c": view})
+    assert table.scope.dataset == "as20k" and table.scope.fingerprint == "f" * 64 and table.scope.metric == "map"
+    assert table.rows == ["protobin", "linear"]  # test numbers first; the validation fallback after them
+    cell = table.cells["protobin"]
+    assert (round(cell.mean, 6), round(cell.std, 6), cell.seeds, cell.split) == (
+        0.32, round(float(np.std([0.30, 0.34], ddof=1)), 6), 2, "test")
+    assert table.cell_text("linear") == "90.00 ± 0.00 †valid" and table.cells["linear"].split == "valid"
+    assert table.best() == "protobin"  # a validation number never wins over test numbers
     markdown = table.to_markdown()
-    assert "| beats | protobin | **32.00 ± 2.83** | - |" in markdown
-    assert "as20k (mAP)" in markdown and "esc50 (accuracy)" in markdown
+    assert "| protobin | 2 | **32.00 ± 2.83** | test |" in markdown
+    assert "| linear | 1 | 90.00 ± 0.00 †valid | valid † (no test split) |" in markdown
+    assert "† validation number" in markdown
+    assert markdown.startswith("### as20k · beats · /nowhere/as20k-beats.zarr (fingerprint ffffffffffff, subset: "
+                               "whole store)")
 
 
-def test_head_table_splits_an_encoder_probed_at_several_layers():
+def test_head_table_splits_a_store_probed_at_several_layers():
     rows = [_ledger_row(layer="11", test="0.3"), _ledger_row(layer="8", test="0.2")]
-    table = head_table(rows, {"/nowhere/as20k-beats.zarr": "as20k"})
-    assert table.rows == [("beats L11", "protobin"), ("beats L8", "protobin")]
+    (table,) = head_tables(rows, {"/nowhere/as20k-beats.zarr": "as20k"}, {"/r/a": None})
+    assert table.rows == ["protobin L11", "protobin L8"]
+    assert table.scope.fingerprint is None and "run directory gone" in table.scope.describe()
 
 
 def _write_csv(path: Path, rows: list[dict]) -> Path:
@@ -209,9 +211,11 @@ def _inlined_images(html: str) -> list[str]:
 def test_report_of_a_run_writes_every_figure_and_one_self_contained_page(synthetic_run, tmp_path):
     result = build_report(synthetic_run, tmp_path / "out", n_clips=2)
     names = sorted(p.name for p in result.images)
+    # s20 (classes a, c) is the first test clip with class a, s21 (a, b) the first with b: all classes covered.
     assert names == ["curves.png", "per_class_ap.png", "prototypes_s20.png", "prototypes_s21.png", "sweep_grid.png"]
-    assert "Heads protobin, linear on split test" in result.html.read_text()  # prototype head vs pooled head
     html = result.html.read_text()
+    assert re.search(r"Run syn: heads (protobin, linear|linear, protobin) on split test; error bars", html)
+    assert "2 clip(s) covering 3 of 3 classes" in html
     images = _inlined_images(html)
     assert len(images) == len(result.images)
     for encoded in images:
@@ -221,9 +225,10 @@ def test_report_of_a_run_writes_every_figure_and_one_self_contained_page(synthet
     assert "<script" not in html
     # The synthetic store has no audio: the background falls back to the token grid and the page says why.
     assert "token energy" in html
-    table = result.table.read_text()
-    assert table.splitlines()[0] == "| encoder | head | syn (mAP) |"
-    assert "| synthetic | linear |" not in table and "| arrays | protobin |" in table  # write_store's provenance
+    table = result.table.read_text().splitlines()
+    assert table[0].startswith("### syn · arrays · ") and "subset: whole store" in table[0]  # write_store's provenance
+    assert table[2] == "| head | seeds | mAP (%) | split |"
+    assert {line.split(" | ")[0] for line in table[4:]} == {"| linear", "| protobin"}
 
 
 def test_per_class_figure_switches_to_points_for_many_classes(tmp_path):
@@ -234,12 +239,13 @@ def test_per_class_figure_switches_to_points_for_many_classes(tmp_path):
 
     rng = np.random.default_rng(0)
     labels = [f"class{i}" for i in range(300)]
-    series = [PerClassAP(name, "run", "test", labels, rng.random(300)) for name in ("protobin", "linear")]
+    series = [PerClassAP(name, "run", "test", labels, rng.random(300), 0.05 * rng.random(300), seeds=3)
+              for name in ("protobin", "linear")]
     series[1].ap[5] = np.nan  # a class without positives
     figure = figures.per_class_figure(series)
     axis = figure.axes[0]
-    assert len(axis.lines) == 2 and not axis.patches  # points, no bars
-    ranked = axis.lines[0].get_ydata()
+    assert len(axis.containers) == 2 and not axis.patches  # points with error bars, no bars
+    ranked = axis.containers[0].lines[0].get_ydata()
     assert np.all(np.diff(ranked) <= 0)  # sorted by the first head, best first
     assert imread(figures.save(figure, tmp_path / "pc.png")).shape[1] > 500
 
@@ -251,6 +257,8 @@ def test_report_names_clips_and_heads_and_refuses_unknown_ones(synthetic_run, tm
         build_report(synthetic_run, tmp_path / "x", clips=["nope"])
     with pytest.raises(ConfigError, match="no per-class AP for head"):
         build_report(synthetic_run, tmp_path / "y", heads=["attentive"])
+    result = build_report(synthetic_run, tmp_path / "z", n_clips=1, heads=["linear"])
+    assert "Run syn: heads linear on split test" in result.html.read_text()
 
 
 def test_report_from_the_ledger_finds_the_runs(synthetic_run, tmp_path):
@@ -325,7 +333,7 @@ def test_report_of_a_hand_edited_ledger_skips_bad_rows_with_a_note(synthetic_run
     assert result.exit_code == 0, result.output
     assert f"note: {edited} line {len(lines) + 1}: test 'great' is not a number; row skipped" in result.output
     assert f"note: {edited} line {len(lines) + 2}: 2 fields, the header has {len(header)}" in result.output
-    assert "| arrays | linear |" in (tmp_path / "out" / "head_table.md").read_text()
+    assert "| linear | 1 |" in (tmp_path / "out" / "head_table.md").read_text()
 
 
 @pytest.mark.parametrize("content,message", [

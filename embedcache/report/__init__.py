@@ -1,13 +1,15 @@
 """Reports from probe runs, sweeps and ledgers: PNG figures and one self-contained HTML page.
 
 `build_report(source, out_dir)` accepts a probe run directory (metrics.json), a sweep directory (trials.csv, with its
-final/ run) or a ledger CSV, and writes what the source supports: where a prototype head's prototypes fire on chosen
-clips, per-class AP of two heads, the head-comparison table (rows encoder x head, columns datasets), sweep plots and
-training curves.
+final/ run) or a ledger CSV, and writes what the source supports: where a prototype head's prototypes fire on clips
+chosen to cover the classes (true, predicted and missed labels marked, one colour scale), per-class AP of every head
+with its spread over seeds, head tables scoped to one store fingerprint and subset, sweep plots and training curves
+(one panel per head).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +20,17 @@ import yaml
 from embedcache.errors import ConfigError
 from embedcache.probe import read_ledger
 from embedcache.report import figures
-from embedcache.report.evidence import PROTOTYPE_KINDS, clip_background, clip_evidence, load_head
+from embedcache.report.evidence import (
+    PROTOTYPE_KINDS,
+    clip_background,
+    clip_evidence,
+    cover_classes,
+    load_head,
+    panel_classes,
+    predicted_classes,
+)
 from embedcache.report.page import Section, head_table_html, render_page
-from embedcache.report.tables import head_table, per_class_ap, read_csv, sweep_trials
+from embedcache.report.tables import head_tables, per_class_ap, read_csv, sweep_trials
 from embedcache.store import TokenStore
 
 __all__ = ["ReportResult", "ReportSources", "build_report", "find_sources"]
@@ -109,28 +119,33 @@ def _prototype_weights(run_dir: Path, head: str | None) -> tuple[str, Path] | No
     return None
 
 
-def choose_clips(store: TokenStore, config: dict, clips: list[str] | None, count: int) -> list[int]:
-    """Store indices of the named clips, or of `count` clips of the test (else valid, else train) split, those with
-    the most labels first."""
+def choose_clips(store: TokenStore, config: dict, clips: list[str] | None,
+                 count: int) -> list[tuple[int, int | None]]:
+    """(store index, class it was chosen for) of the named clips (class None), or of up to `count` clips of the test
+    (else valid, else train) split that cover the classes: for each class in turn not yet shown, its first clip."""
     ids = list(store.clip_ids)
     if clips:
         missing = [c for c in clips if c not in ids]
         if missing:
             raise ConfigError(f"{store.path}: no clip(s) {missing[:5]} in this store; pass ids from its clip_ids")
-        return [ids.index(c) for c in clips]
+        return [(ids.index(c), None) for c in clips]
     splits = config.get("splits") or {}
     for role in ("test", "valid", "train"):
-        name = splits.get(role)
-        if name in store.split_names and len(store.split_indices(name)):
-            indices = store.split_indices(name)
-            label_counts = store.labels[indices].sum(axis=1)
-            return [int(i) for i in indices[np.argsort(-label_counts, kind="stable")][:count]]
-    return list(range(min(count, store.n_clips)))
+        names = [name for name in _split_names(splits.get(role)) if name in store.split_names]
+        indices = np.sort(np.concatenate([store.split_indices(name) for name in names])) if names else np.zeros(0)
+        if len(indices):
+            chosen = cover_classes(np.asarray(store.labels), indices, count)
+            return chosen or [(int(i), None) for i in indices[:count]]
+    return [(i, None) for i in range(min(count, store.n_clips))]
+
+
+def _split_names(value) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or [])
 
 
 def prototype_section(run_dir: Path, out_dir: Path, clips: list[str] | None, count: int, top: int,
                       head: str | None) -> tuple[Section, list[Path]]:
-    """Figures of where the run's prototype head fires on chosen clips."""
+    """Figures of where the run's prototype head fires on clips that cover the classes, all on one colour scale."""
     section = Section("Where the prototypes fire")
     found = _prototype_weights(run_dir, head)
     if found is None:
@@ -143,68 +158,128 @@ def prototype_section(run_dir: Path, out_dir: Path, clips: list[str] | None, cou
     probe_head = load_head(weights)
     layer = config.get("layer")
     multilabel = config.get("task", "multilabel") == "multilabel"
-    section.paragraphs.append(
-        f"Head {name} ({probe_head.kind}, {weights.name}) on {Path(store.path).name}, layer {layer}. Each row is one "
-        "of the clip's most probable classes: the prototype that adds most to that class's logit, its cosine "
-        "similarity to every patch token drawn over the time x frequency token grid (cyan box: the best token, the "
-        "one its max-pooled score comes from), over the clip's spectrogram when the audio can be read."
-    )
-    images, manifests = [], {}
-    for index in choose_clips(store, config, clips, count):
+    labels = np.asarray(store.labels)
+    drawn, manifests = [], {}
+    for index, reason in choose_clips(store, config, clips, count):
         tokens = store.read_tokens(layer, index, index + 1)[0]
         mask = store.token_mask(index, index + 1)[0]
         evidence = clip_evidence(probe_head, tokens, mask, multilabel)
-        background = clip_background(store, index, tokens, mask, manifests)
+        true = {int(c) for c in np.flatnonzero(labels[index])}
+        panels = panel_classes(evidence.probabilities, true, predicted_classes(evidence.probabilities, multilabel),
+                               min(top, len(store.label_names)))
+        drawn.append((index, reason, evidence, panels, clip_background(store, index, tokens, mask, manifests)))
+    # One scale for every map of the report: the same colour means the same cosine in every panel and clip.
+    limit = max((figures.similarity_limit(e, [c for c, _ in panels]) for _, _, e, panels, _ in drawn), default=1.0)
+    covered = sorted({int(c) for index, *_ in drawn for c in np.flatnonzero(labels[index])})
+    section.paragraphs.append(
+        f"Head {name} ({probe_head.kind}, {weights.name}) on {Path(store.path).name}, layer {layer}; "
+        f"{len(drawn)} clip(s) covering {len(covered)} of {len(store.label_names)} classes"
+        + (" (for each class in turn, the first clip of the split that has it)" if not clips else "") + ". "
+        f"Each row is a class: the {top} most probable, then every true class not among them. The map is the cosine "
+        "similarity of every patch token to the prototype that adds most to that class's logit, over the time x "
+        f"frequency token grid (green box: the best token), on one scale of ±{limit:.2f} for every panel and clip: "
+        "red is similar, blue opposite, uncoloured (cos 0) no evidence. Titles and frames: green ✓ correct, orange ○ "
+        "missed true label, red ✗ false positive, grey neither."
+    )
+    images = []
+    for index, reason, evidence, panels, background in drawn:
         clip_id = str(store.clip_ids[index])
-        true = [store.label_names[c] for c in np.flatnonzero(store.labels[index])]
-        figure = figures.prototype_figure(clip_id, true, store.label_names, evidence, background, store.grid, name,
-                                          top=min(top, len(store.label_names)))
+        figure = figures.prototype_figure(
+            clip_id, panels, store.label_names, evidence, background, store.grid, name, limit=limit,
+            reason=None if reason is None else store.label_names[reason], multilabel=multilabel,
+        )
         path = figures.save(figure, out_dir / f"prototypes_{_safe(clip_id)}.png")
         images.append(path)
         section.images.append((path, f"{clip_id} ({background.kind}; {background.note})"))
     return section, images
 
 
-def _per_class_series(run_dirs: list[Path], heads: list[str] | None) -> list:
-    available = {}
-    for run in run_dirs:
-        if not (run / "per_class_ap.csv").is_file():
-            continue
-        for item in per_class_ap(run):
-            available.setdefault(item.head, item)
+def per_class_section(run_dirs: list[Path], out_dir: Path, heads: list[str] | None,
+                      max_runs: int = 4) -> tuple[Section, list[Path]]:
+    """Per-class AP of every head (or the named ones) of each run, with error bars over seeds."""
+    section = Section("Per-class AP")
+    runs = [run for run in run_dirs if (run / "per_class_ap.csv").is_file()]
     if heads:
+        available = {item.head for run in runs for item in per_class_ap(run)}
         missing = [h for h in heads if h not in available]
         if missing:
             raise ConfigError(f"no per-class AP for head(s) {missing}; the runs have {sorted(available)}")
-        return [available[h] for h in heads]
-    # The paper's comparison: a prototype head against a pooled one, when the runs have both.
-    kinds = {run_kind for run in run_dirs for run_kind in _head_kinds(run).items()}
-    prototype = [name for name, kind in kinds if kind in PROTOTYPE_KINDS and name in available]
-    pooled = [name for name, kind in kinds if kind not in PROTOTYPE_KINDS and name in available]
-    if prototype and pooled:
-        order = list(available)
-        return [available[min(prototype, key=order.index)], available[min(pooled, key=order.index)]]
-    return list(available.values())[:2]
+    images = []
+    for run in runs[:max_runs]:
+        names = [h for h in heads if h in {item.head for item in per_class_ap(run)}] if heads else None
+        if heads and not names:
+            continue
+        series = per_class_ap(run, names)
+        if not series:
+            continue
+        if not heads:  # the strongest head first: classes are sorted by its AP
+            series.sort(key=lambda item: -np.nan_to_num(item.mean, nan=-1.0))
+        stem = "per_class_ap" if len(runs) == 1 else f"per_class_ap_{_safe(run.name)}"
+        path = figures.save(figures.per_class_figure(series), out_dir / f"{stem}.png")
+        images.append(path)
+        seeds = sorted({item.seeds for item in series})
+        split = series[0].split if series[0].test_split else f"{series[0].split} (validation: no test split)"
+        section.paragraphs.append(
+            f"Run {run.name}: heads {', '.join(s.head for s in series)} on split {split}; error bars are the std "
+            f"over {'/'.join(map(str, seeds))} seed(s); classes sorted by {series[0].head}'s AP."
+        )
+        section.images.append((path, f"per-class AP, run {run.name}"))
+    if len(runs) > max_runs:
+        section.paragraphs.append(f"{len(runs) - max_runs} more run(s) left out; report on a run directory for its "
+                                  "per-class AP.")
+    if not images:
+        section.paragraphs.append("No per_class_ap.csv in the run(s).")
+    return section, images
 
 
-def _head_kinds(run_dir: Path) -> dict[str, str]:
-    """Head name -> kind of a run, from its config.yaml."""
-    return {entry["name"]: entry["kind"] for entry in _run_config(run_dir).get("heads", [])}
+def curves_section(run_dir: Path, out_dir: Path) -> tuple[Section | None, list[Path]]:
+    """One small panel pair (train loss, validation metric) per head of the run's curves.csv."""
+    if not (run_dir / "curves.csv").is_file():
+        return None, []
+    rows = read_csv(run_dir / "curves.csv")
+    metric = next((c.removeprefix("valid_") for c in (rows[0] if rows else {}) if c.startswith("valid_")), None)
+    if not rows or not metric:
+        return None, []
+    titles: dict[str, list[str]] = {}
+    kinds = {}
+    for entry in _run_config(run_dir).get("heads", []):
+        extra = "".join(f" {key}={value}" for key, value in sorted((entry.get("options") or {}).items()))
+        key = f"{entry['kind']}{extra}"
+        titles.setdefault(key, []).append(entry["name"])
+        kinds[entry["name"]] = key
+    chosen = {kinds[h["head"]]: (float(h["lr"]), float(h["weight_decay"])) for h in _metrics_heads(run_dir)
+              if h.get("head") in kinds and len(titles[kinds[h["head"]]]) == 1}
+    figure = figures.curve_figure(rows, metric, titles={k: " / ".join(v) for k, v in titles.items()}, chosen=chosen)
+    path = figures.save(figure, out_dir / "curves.png")
+    count = len({figures.curve_group(row["head"]) for row in rows})
+    section = Section("Training curves", images=[(path, "train loss and validation metric, one panel per head")])
+    section.paragraphs.append(
+        f"{len({row['head'] for row in rows})} curves of run {run_dir.name}, one panel pair per head ({count}): "
+        "colour is the lr x weight decay configuration (the chosen one thick), line style the seed."
+    )
+    return section, [path]
+
+
+def _metrics_heads(run_dir: Path) -> list[dict]:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text()).get("heads") or []
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def build_report(
     source: str | Path,
     out_dir: str | Path,
     clips: list[str] | None = None,
-    n_clips: int = 3,
+    n_clips: int = 6,
     top_classes: int = 3,
     heads: list[str] | None = None,
     prototype_head: str | None = None,
 ) -> ReportResult:
     """Write PNGs, head_table.md and one self-contained report.html for a run, sweep or ledger into out_dir.
 
-    heads: the heads whose per-class AP is compared (default: the first prototype head and the first pooled one,
-    else the first two found);
+    n_clips: at most this many clips for the prototype maps, chosen to cover the classes (unless `clips` names them);
+    heads: the heads whose per-class AP is drawn (default: every head of each run);
     prototype_head: the head whose prototypes are drawn (default: the first proto/protofloat/protobin head).
     """
     sources = find_sources(source)
@@ -217,31 +292,26 @@ def build_report(
         section, drawn = prototype_section(sources.run_dirs[0], out_dir, clips, n_clips, top_classes, prototype_head)
         sections.append(section)
         images += drawn
-        series = _per_class_series(sources.run_dirs, heads)
-        section = Section("Per-class AP")
-        if len(series) >= 1:
-            path = figures.save(figures.per_class_figure(series), out_dir / "per_class_ap.png")
-            images.append(path)
-            runs = sorted({s.run for s in series})
-            section.paragraphs.append(f"Heads {', '.join(s.head for s in series)} on split {series[0].split} "
-                                      f"(run {', '.join(runs)}), averaged over seeds; classes sorted by the first.")
-            section.images.append((path, "per-class AP"))
-        else:
-            section.paragraphs.append("No per_class_ap.csv in the run(s).")
+        section, drawn = per_class_section(sources.run_dirs, out_dir, heads)
         sections.append(section)
+        images += drawn
     else:
         notes.append("no probe run directory found: no prototype maps or per-class AP")
 
-    section = Section("Head comparison (rows encoder x head, columns datasets)")
+    section = Section("Head tables (one per store and subset)")
     if sources.ledger is not None:
-        table = head_table(read_ledger(sources.ledger, log=notes.append))
+        tables = head_tables(read_ledger(sources.ledger, log=notes.append))
         table_path = out_dir / "head_table.md"
-        table_path.write_text(table.to_markdown() + "\n")
+        table_path.write_text("\n\n".join(table.to_markdown() for table in tables) + "\n")
         section.paragraphs.append(
-            f"From {sources.ledger.name}: each cell is the latest run's test metric (validation where a run had no "
-            "test split), mean ± std over seeds, in %; the best per dataset is highlighted."
+            f"From {sources.ledger.name}: one table per store (path and fingerprint) and subset, so no table mixes "
+            "data; each cell is the latest tested run's test metric, mean ± std over seeds, in %, the best test cell "
+            "highlighted. A head that no run tested (no test split) shows its latest validation number, marked † and "
+            "never counted as a test number."
         )
-        section.tables.append(head_table_html(table))
+        if len(tables) > 1:
+            notes.append(f"{sources.ledger.name} mixes {len(tables)} stores/subsets: one head table each")
+        section.tables += [head_table_html(table) for table in tables]
     else:
         section.paragraphs.append("No ledger found beside the run; pass a ledger CSV to compare encoders and heads.")
         notes.append("no ledger: no head-comparison table")
@@ -269,13 +339,11 @@ def build_report(
         section.paragraphs.append("No sweep results (trials.csv) and a single configuration per head.")
     sections.append(section)
 
-    if sources.run_dirs and (sources.run_dirs[0] / "curves.csv").is_file():
-        rows = read_csv(sources.run_dirs[0] / "curves.csv")
-        metric = next((c.removeprefix("valid_") for c in (rows[0] if rows else {}) if c.startswith("valid_")), None)
-        if rows and metric:
-            path = figures.save(figures.curve_figure(rows, metric), out_dir / "curves.png")
-            images.append(path)
-            sections.append(Section("Training curves", images=[(path, "train loss and validation metric")]))
+    if sources.run_dirs:
+        section, drawn = curves_section(sources.run_dirs[0], out_dir)
+        if section is not None:
+            sections.append(section)
+            images += drawn
 
     html_path = out_dir / "report.html"
     html_path.write_text(render_page(f"embedcache report: {sources.source.name}", str(sources.source), sections))

@@ -65,6 +65,53 @@ class ClipEvidence:
         return [int(c) for c in np.argsort(-self.probabilities, kind="stable")[:count]]
 
 
+# How a drawn class relates to the clip: true and predicted, true but missed, predicted but not true, neither.
+CORRECT, MISSED, FALSE_POSITIVE, NEITHER = "correct", "missed", "false positive", "not predicted"
+
+
+def predicted_classes(probabilities: np.ndarray, multilabel: bool, threshold: float = 0.5) -> set[int]:
+    """The classes a head predicts for a clip: probability >= threshold (multi-label) or the argmax (multi-class)."""
+    if not multilabel:
+        return {int(np.argmax(probabilities))}
+    return {int(c) for c in np.flatnonzero(np.asarray(probabilities) >= threshold)}
+
+
+def panel_classes(probabilities: np.ndarray, true: set[int], predicted: set[int], top: int,
+                  max_extra_true: int = 6) -> list[tuple[int, str]]:
+    """The classes to draw for one clip, each with its status: the `top` most probable, then every true class not
+    among them (up to max_extra_true, most probable first), so a missed true label is always shown."""
+    order = [int(c) for c in np.argsort(-np.asarray(probabilities), kind="stable")]
+    chosen = order[:top]
+    chosen += [c for c in order if c in true and c not in chosen][:max_extra_true]
+
+    def status(c: int) -> str:
+        if c in true:
+            return CORRECT if c in predicted else MISSED
+        return FALSE_POSITIVE if c in predicted else NEITHER
+
+    return [(c, status(c)) for c in chosen]
+
+
+def cover_classes(labels: np.ndarray, candidates: np.ndarray, count: int) -> list[tuple[int, int]]:
+    """Up to `count` clips that cover the classes: for each class in turn not yet covered by a chosen clip, the first
+    candidate that has it. labels: [N, C] 0/1 of the whole store; candidates: store indices in the order to try.
+    Returns (store index, the class it was chosen for)."""
+    chosen: list[tuple[int, int]] = []
+    covered = np.zeros(labels.shape[1], dtype=bool)
+    candidates = np.asarray(candidates, dtype=np.int64)
+    for c in range(labels.shape[1]):
+        if len(chosen) >= count:
+            break
+        if covered[c]:
+            continue
+        taken = {index for index, _ in chosen}
+        having = [int(i) for i in candidates[labels[candidates, c] > 0] if int(i) not in taken]
+        if having:
+            chosen.append((having[0], c))
+            covered |= labels[having[0]] > 0
+    return chosen
+
+
 def head_prototypes(head: head_registry.ProbeHead) -> torch.Tensor:
     """The prototypes [M, D] the head compares tokens with in its forward pass."""
     if head.kind not in PROTOTYPE_KINDS:

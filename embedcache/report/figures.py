@@ -1,27 +1,60 @@
-"""The report's figures, drawn with matplotlib's object API (no pyplot state, no display needed), saved as PNG."""
+"""The report's figures, drawn with matplotlib's object API (no pyplot state, no display needed), saved as PNG.
+
+Every figure keeps one colour scale for all its panels (with one colour bar), names every line in a legend, and
+keeps tick labels apart (class names are abbreviated and laid out one per row).
+"""
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.colors import ListedColormap
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import NullFormatter
 
-from embedcache.report.evidence import Background, ClipEvidence, grid_map
-from embedcache.report.tables import PerClassAP, SweepTrials
+from embedcache.report.evidence import (
+    CORRECT,
+    FALSE_POSITIVE,
+    MISSED,
+    NEITHER,
+    Background,
+    ClipEvidence,
+    grid_map,
+)
+from embedcache.report.tables import METRIC_NAMES, PerClassAP, SweepTrials
 
 DPI = 110
+# Marker, colour and meaning of each status a drawn class can have (text colour, frame colour and legend).
+STATUS_STYLE = {
+    CORRECT: ("✓", "#1a7f37", "correct: true and predicted"),
+    MISSED: ("○", "#c45f00", "missed: true, not predicted"),
+    FALSE_POSITIVE: ("✗", "#c62828", "false positive: predicted, not true"),
+    NEITHER: ("·", "#555555", "neither true nor predicted"),
+}
+SIMILARITY_LABEL = "cosine similarity of each token to the prototype (0 = no evidence)"
+HEAD_MARKERS = "osD^vPX*<>"
 
 
-def fading_colormap(name: str = "autumn_r", max_alpha: float = 0.8) -> ListedColormap:
-    """A colormap whose opacity rises with the value, so weak similarity leaves the spectrogram visible."""
+def diverging_overlay(name: str = "RdBu_r", max_alpha: float = 0.7) -> ListedColormap:
+    """A diverging colormap whose opacity grows with distance from its centre, so cos 0 (no evidence) leaves the
+    spectrogram untouched and only strong similarity (either sign) colours it."""
     colors = colormaps[name](np.linspace(0.0, 1.0, 256))
-    colors[:, 3] = np.linspace(0.0, max_alpha, 256) ** 1.5
-    return ListedColormap(colors, name=f"{name}_fading")
+    colors[:, 3] = max_alpha * np.abs(np.linspace(-1.0, 1.0, 256)) ** 0.8
+    return ListedColormap(colors, name=f"{name}_overlay")
+
+
+def centred_norm(limit: float) -> Normalize:
+    """A colour scale from -limit to +limit: 0 sits in the middle of the colormap."""
+    limit = float(limit) if np.isfinite(limit) and limit > 0 else 1.0
+    return Normalize(vmin=-limit, vmax=limit)
 
 
 def save(figure: Figure, path: Path) -> Path:
@@ -31,11 +64,30 @@ def save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def prototype_figure(clip_id: str, true_labels: Sequence[str], label_names: Sequence[str], evidence: ClipEvidence,
-                     background: Background, grid: tuple[int, int], head_name: str, top: int = 3) -> Figure:
-    """One row per top class: the clip's spectrogram with its best prototype's similarity over the token grid."""
-    classes = evidence.top_classes(top)
-    figure = Figure(figsize=(9.5, 2.6 * len(classes) + 0.4), layout="constrained")
+def short_label(name: str, width: int = 28) -> str:
+    """A class name cut to `width` characters with an ellipsis, so tick labels keep to their row."""
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+# -- where the prototypes fire -------------------------------------------------------------------------------
+def similarity_limit(evidence: ClipEvidence, classes: Sequence[int]) -> float:
+    """The largest |cos| on the maps drawn for `classes` (their best prototypes), for a colour scale shared by all."""
+    columns = [evidence.best_prototype(c) for c in classes]
+    values = np.abs(evidence.similarity[:, columns]) if columns else np.zeros(0)
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size else 0.0
+
+
+def prototype_figure(clip_id: str, panels: Sequence[tuple[int, str]], label_names: Sequence[str],
+                     evidence: ClipEvidence, background: Background, grid: tuple[int, int], head_name: str,
+                     limit: float | None = None, reason: str | None = None, multilabel: bool = True) -> Figure:
+    """One row per drawn class (panels: (class, status) from `panel_classes`): the clip's spectrogram with the
+    similarity of every token to the class's best prototype, all rows on one centred scale of +-limit (default: the
+    largest |cos| drawn) with one colour bar; titles and frames coloured by status."""
+    if limit is None:
+        limit = similarity_limit(evidence, [c for c, _ in panels])
+    norm, overlay_map = centred_norm(limit), diverging_overlay()
+    figure = Figure(figsize=(9.5, 2.1 * len(panels) + 1.3), layout="constrained")
     n_time, n_freq = grid
     if background.seconds is not None:
         extent = (0.0, background.seconds, 0.0, float(background.image.shape[0]))
@@ -43,79 +95,126 @@ def prototype_figure(clip_id: str, true_labels: Sequence[str], label_names: Sequ
     else:
         extent = (0.0, float(n_time), 0.0, float(n_freq))
         xlabel, ylabel = "time token", "frequency token"
+    finite = background.image[np.isfinite(background.image)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     cell_w, cell_h = (extent[1] - extent[0]) / n_time, (extent[3] - extent[2]) / n_freq
-    figure.suptitle(f"{clip_id}: true labels {', '.join(true_labels) or '(none)'}; head {head_name}",
-                    fontsize=10, x=0.01, ha="left")
-    for row, label in enumerate(classes):
-        axis = figure.add_subplot(len(classes), 1, row + 1)
-        axis.imshow(background.image, origin="lower", aspect="auto", extent=extent, cmap="gray",
-                    interpolation="nearest")
+    true = [label_names[c] for c, status in panels if status in (CORRECT, MISSED)]
+    predicted = [label_names[c] for c, status in panels if status in (CORRECT, FALSE_POSITIVE)]
+    rule = "p ≥ 0.5" if multilabel else "the most probable class"
+    figure.suptitle(
+        f"{clip_id}{f' (chosen for {reason})' if reason else ''} · head {head_name}\n"
+        f"true: {', '.join(true) or '(none)'}  ·  predicted ({rule}): {', '.join(predicted) or '(none)'}",
+        fontsize=10, x=0.01, ha="left",
+    )
+    axes = []
+    for row, (label, status) in enumerate(panels):
+        axis = figure.add_subplot(len(panels), 1, row + 1, sharex=axes[0] if axes else None)
+        axes.append(axis)
+        axis.imshow(background.image, origin="lower", aspect="auto", extent=extent, cmap="gray", vmin=low,
+                    vmax=max(high, low + 1e-6), interpolation="nearest")
         prototype = evidence.best_prototype(label)
         similarity = grid_map(evidence.similarity[:, prototype], grid)  # [n_freq, n_time]
-        finite = similarity[np.isfinite(similarity)]
-        low, high = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
-        overlay = axis.imshow(similarity, origin="lower", aspect="auto", extent=extent, cmap=fading_colormap(),
-                              vmin=low, vmax=max(high, low + 1e-6), interpolation="nearest")
+        overlay = axis.imshow(similarity, origin="lower", aspect="auto", extent=extent, cmap=overlay_map, norm=norm,
+                              interpolation="nearest")
+        overlay.set_label("similarity")
         if np.isfinite(similarity).any():
             f, t = np.unravel_index(np.nanargmax(similarity), similarity.shape)
             axis.add_patch(Rectangle((extent[0] + t * cell_w, extent[2] + f * cell_h), cell_w, cell_h, fill=False,
-                                     edgecolor="cyan", linewidth=2.0))
-        mark = "✓" if label_names[label] in true_labels else "✗"
+                                     edgecolor="lime", linewidth=2.0))
+        mark, colour, _ = STATUS_STYLE[status]
         axis.set_title(
-            f"{mark} {label_names[label]}  p={evidence.probabilities[label]:.2f}  prototype {prototype}: "
-            f"max cos {evidence.scores[prototype]:.2f}, "
-            f"adds {evidence.contributions[label, prototype]:+.2f} to the logit",
-            fontsize=9, loc="left",
+            f"{mark} {label_names[label]} ({status})   p={evidence.probabilities[label]:.2f}   prototype {prototype}: "
+            f"max cos {evidence.scores[prototype]:.2f}, adds {evidence.contributions[label, prototype]:+.2f} "
+            "to the logit",
+            fontsize=9, loc="left", color=colour, fontweight="bold" if status != NEITHER else "normal",
         )
+        for spine in axis.spines.values():
+            spine.set_edgecolor(colour)
+            spine.set_linewidth(2.0 if status != NEITHER else 0.8)
         axis.set_ylabel(ylabel, fontsize=8)
-        if row == len(classes) - 1:
-            axis.set_xlabel(f"{xlabel}   (background: {background.note})", fontsize=8)
-        figure.colorbar(overlay, ax=axis, fraction=0.025, pad=0.01, label="cos")
+        axis.tick_params(labelsize=8, labelbottom=row == len(panels) - 1)
+    axes[-1].set_xlabel(f"{xlabel}   (background: {background.note}; green box: the best token)", fontsize=8)
+    figure.colorbar(ScalarMappable(norm=norm, cmap=overlay_map), ax=axes, fraction=0.03, pad=0.01, shrink=0.9,
+                    label="cos (shared scale)").ax.tick_params(labelsize=8)
+    handles = [Line2D([], [], marker="s", linestyle="none", markersize=9, color=colour, label=f"{mark} {meaning}")
+               for mark, colour, meaning in STATUS_STYLE.values()]
+    figure.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=8, frameon=False,
+                  title=f"colour: {SIMILARITY_LABEL}", title_fontsize=8)
     return figure
+
+
+# -- per-class AP --------------------------------------------------------------------------------------------
+def head_styles(count: int) -> list[tuple[tuple, str]]:
+    """(colour, marker) per head: tab10 colours and a marker each, so heads stay apart beyond ten."""
+    palette = colormaps["tab10"].colors
+    return [(palette[i % len(palette)], HEAD_MARKERS[i % len(HEAD_MARKERS)]) for i in range(count)]
+
+
+def _head_legend(item: PerClassAP) -> str:
+    spread = f"std over {item.seeds} seeds" if item.seeds > 1 else "1 seed: no spread"
+    return f"{item.head} (mAP {item.mean:.3f}; {spread})"
 
 
 def per_class_figure(series: Sequence[PerClassAP], max_named: int = 40) -> Figure:
-    """Per-class AP of two (or more) heads, classes sorted by the first head's AP, best first."""
+    """Per-class AP of every head with error bars (std over seeds), classes sorted by the first head's AP.
+
+    Up to `max_named` classes: one row per class, named on the y axis (no rotated or overlapping labels); more: AP
+    by class rank, points with error bars.
+    """
     first = series[0]
     order = np.argsort(-np.nan_to_num(first.ap, nan=-1.0), kind="stable")
-    count = len(order)
-    width = max(7.0, min(18.0, 0.28 * count + 3)) if count <= max_named else 10.0
-    figure = Figure(figsize=(width, 4.2), layout="constrained")
-    axis = figure.add_subplot(1, 1, 1)
-    x = np.arange(count)
+    count, styles = len(order), head_styles(len(series))
+    split = first.split if first.test_split else f"{first.split} (validation: the run has no test split)"
     if count <= max_named:
-        width = 0.8 / len(series)
-        for i, item in enumerate(series):
-            axis.bar(x + (i - (len(series) - 1) / 2) * width, item.ap[order], width,
-                     label=f"{item.head} (mean {np.nanmean(item.ap):.3f})")
-        axis.set_xticks(x, [first.labels[i] for i in order], rotation=60, ha="right", fontsize=7)
+        band = max(0.3, 0.1 * len(series))  # inches per class row
+        figure = Figure(figsize=(9.0, band * count + 1.9), layout="constrained")
+        axis = figure.add_subplot(1, 1, 1)
+        rows = np.arange(count)
+        step = 0.8 / len(series)
+        for i, (item, (colour, marker)) in enumerate(zip(series, styles)):
+            offset = (i - (len(series) - 1) / 2) * step
+            axis.errorbar(item.ap[order], rows + offset, xerr=np.nan_to_num(item.std[order]), fmt=marker,
+                          color=colour, markersize=5, elinewidth=1.2, capsize=2.5, label=_head_legend(item))
+        axis.set_yticks(rows, [short_label(first.labels[i]) for i in order], fontsize=8)
+        axis.set_ylim(count - 0.5, -0.5)  # the best class on top
+        axis.set_xlim(0, 1.02)
+        axis.set_xlabel(f"AP on {split}, mean ± std over seeds")
+        axis.grid(axis="x", alpha=0.3)
+        for boundary in rows[:-1] + 0.5:
+            axis.axhline(boundary, color="#eeeeee", linewidth=0.6, zorder=0)
     else:
-        for item in series:
-            axis.plot(x, item.ap[order], marker=".", linestyle="none", markersize=3,
-                      label=f"{item.head} (mean {np.nanmean(item.ap):.3f})")
+        figure = Figure(figsize=(11.0, 4.4), layout="constrained")
+        axis = figure.add_subplot(1, 1, 1)
+        x = np.arange(count)
+        for item, (colour, marker) in zip(series, styles):
+            axis.errorbar(x, item.ap[order], yerr=np.nan_to_num(item.std[order]), fmt=marker, color=colour,
+                          markersize=2.5, elinewidth=0.5, alpha=0.8, label=_head_legend(item))
         axis.set_xlabel(f"class rank by {first.head}'s AP ({count} classes)")
-    axis.set_ylim(0, 1.02)
-    axis.set_ylabel(f"AP ({first.split})")
-    axis.set_title(f"per-class AP, sorted by {first.head}", fontsize=10)
-    axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=8)
+        axis.set_ylim(0, 1.02)
+        axis.set_ylabel(f"AP on {split}")
+        axis.grid(axis="y", alpha=0.3)
+    axis.set_title(f"per-class AP of {len(series)} head(s), sorted by {first.head}", fontsize=10, loc="left")
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return figure
 
 
+# -- sweeps --------------------------------------------------------------------------------------------------
 def sweep_figure(trials: SweepTrials) -> Figure:
-    """lr x weight decay (log axes) coloured by validation metric, one panel per head; pruned/failed marked."""
+    """lr x weight decay (log axes) coloured by validation metric, one panel per head on one colour scale (one
+    colour bar); pruned/failed marked."""
     heads = list(dict.fromkeys(trials.head))
-    figure = Figure(figsize=(5.2 * len(heads), 4.2), layout="constrained")
+    figure = Figure(figsize=(4.8 * len(heads) + 1.0, 4.2), layout="constrained")
     values = trials.value[np.isfinite(trials.value)]
-    vmin, vmax = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
+    norm = Normalize(*((float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)))
     state = np.array(trials.state)
+    axes = []
     for i, head in enumerate(heads):
         axis = figure.add_subplot(1, len(heads), i + 1)
+        axes.append(axis)
         mine = np.array([h == head for h in trials.head])
         complete = mine & (state == "complete") & np.isfinite(trials.value)
-        points = axis.scatter(trials.lr[complete], trials.weight_decay[complete], c=trials.value[complete],
-                              cmap="viridis", vmin=vmin, vmax=vmax, s=60, edgecolors="black", linewidths=0.5,
-                              label="complete", zorder=3)
+        axis.scatter(trials.lr[complete], trials.weight_decay[complete], c=trials.value[complete], cmap="viridis",
+                     norm=norm, s=60, edgecolors="black", linewidths=0.5, label="complete", zorder=3)
         pruned = mine & (state == "pruned")
         if pruned.any():
             axis.scatter(trials.lr[pruned], trials.weight_decay[pruned], marker="x", c="tab:gray", s=40,
@@ -130,36 +229,94 @@ def sweep_figure(trials: SweepTrials) -> Figure:
                          edgecolors="red", linewidths=1.5, label=f"best {trials.value[best]:.3f}", zorder=4)
         axis.set_xscale("log")
         axis.set_yscale("log")
+        _log_ticks(axis.xaxis, trials.lr[mine])
+        _log_ticks(axis.yaxis, trials.weight_decay[mine])
         axis.set_xlabel("learning rate")
         axis.set_ylabel("weight decay")
         axis.set_title(f"{head}: {int(mine.sum())} configurations", fontsize=10)
         axis.legend(fontsize=7, loc="best")
-        figure.colorbar(points, ax=axis, label=f"valid {trials.metric}")
+    figure.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=axes,
+                    label=f"valid {METRIC_NAMES.get(trials.metric, trials.metric)}")
     return figure
 
 
-def curve_figure(rows: Sequence[dict], metric: str) -> Figure:
-    """Validation metric per epoch of every head configuration in a run's curves.csv (log-scaled loss beside it)."""
-    figure = Figure(figsize=(13, 3.8), layout="constrained")
-    loss_axis, metric_axis = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+def _log_ticks(axis, values: np.ndarray, at_most: int = 6) -> None:
+    """Label a log axis at the grid's own values when there are few (0.003, 0.01, 0.03), else at decades only;
+    never the crowded minor labels matplotlib puts on a narrow log range."""
+    axis.set_minor_formatter(NullFormatter())
+    unique = np.unique(values[np.isfinite(values) & (values > 0)])
+    if 0 < len(unique) <= at_most:
+        axis.set_ticks(unique, [f"{v:g}" for v in unique])
+
+
+# -- training curves -----------------------------------------------------------------------------------------
+def curve_group(label: str) -> str:
+    """A curves.csv head label without its lr, weight decay and seed: the kind and options that every configuration
+    of one head shares ("protobin lr=0.01 wd=0.0001 seed=0" -> "protobin")."""
+    return re.sub(r" seed=\S+$", "", re.sub(r" lr=\S+ wd=\S+", "", label))
+
+
+def _config_name(lr: float, weight_decay: float) -> str:
+    return f"lr={lr:g} wd={weight_decay:g}"
+
+
+def curve_figure(rows: Sequence[dict], metric: str, titles: dict[str, str] | None = None,
+                 chosen: dict[str, tuple[float, float]] | None = None, columns: int = 3) -> Figure:
+    """Small multiples of a run's curves.csv: per head (kind and options) a train-loss panel over a validation
+    panel; colour = lr x weight decay (legend, the chosen one drawn thick), line style = seed. The validation panels
+    share their y axis.
+
+    titles / chosen: per `curve_group` key, the head name(s) and the (lr, wd) the run chose.
+    """
+    titles, chosen = titles or {}, chosen or {}
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        groups.setdefault(row["head"], []).append(row)  # the head label already names lr, wd and seed
-    for label, members in groups.items():
-        epochs = [int(m["epoch"]) for m in members]
-        losses = [float(m["train_loss"]) for m in members]
-        loss_axis.plot(epochs, losses, label=label, linewidth=1)
-        values = [(e, float(m[f"valid_{metric}"])) for e, m in zip(epochs, members) if m.get(f"valid_{metric}")]
-        if values:
-            metric_axis.plot(*zip(*values), label=label, linewidth=1)
-    if any(float(r["train_loss"]) > 0 for r in rows):
-        loss_axis.set_yscale("log", nonpositive="clip")
-    loss_axis.set_title("train loss", fontsize=10)
-    metric_axis.set_title(f"valid {metric}", fontsize=10)
-    for axis in (loss_axis, metric_axis):
-        axis.set_xlabel("epoch")
-        axis.grid(alpha=0.3)
-    if len(groups) <= 12:
-        metric_axis.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        groups.setdefault(curve_group(row["head"]), []).append(row)
+    ncols = min(len(groups), columns)
+    nrows = math.ceil(len(groups) / ncols)
+    figure = Figure(figsize=(4.7 * ncols, 5.6 * nrows), layout="constrained")
+    grid = figure.add_gridspec(2 * nrows, ncols, height_ratios=[1.0, 1.25] * nrows)
+    styles = ["-", "--", ":", "-."]
+    value_key, metric_axes = f"valid_{metric}", []
+    for index, (group, members) in enumerate(groups.items()):
+        r, c = divmod(index, ncols)
+        loss_axis = figure.add_subplot(grid[2 * r, c])
+        metric_axis = figure.add_subplot(grid[2 * r + 1, c], sharex=loss_axis,
+                                         sharey=metric_axes[0] if metric_axes else None)
+        metric_axes.append(metric_axis)
+        configs = sorted({(float(m["lr"]), float(m["weight_decay"])) for m in members})
+        seeds = sorted({m["seed"] for m in members}, key=lambda s: (len(s), s))
+        colours = colormaps["plasma"](np.linspace(0.05, 0.8, len(configs)))
+        best = chosen.get(group)
+        thick = [best is not None and math.isclose(lr, best[0]) and math.isclose(wd, best[1]) for lr, wd in configs]
+        for (lr, wd), colour, bold in zip(configs, colours, thick):
+            for seed in seeds:
+                line = [m for m in members if (float(m["lr"]), float(m["weight_decay"])) == (lr, wd)
+                        and m["seed"] == seed]
+                epochs = [int(m["epoch"]) for m in line]
+                style = {"color": colour, "linestyle": styles[seeds.index(seed) % len(styles)],
+                         "linewidth": 2.2 if bold else 1.1}
+                loss_axis.plot(epochs, [float(m["train_loss"]) for m in line], **style)
+                values = [(e, float(m[value_key])) for e, m in zip(epochs, line) if m.get(value_key)]
+                if values:
+                    metric_axis.plot(*zip(*values), **style)
+        if any(float(m["train_loss"]) > 0 for m in members):
+            loss_axis.set_yscale("log", nonpositive="clip")
+        loss_axis.set_title(f"{titles.get(group, group)}: {len(configs)} config(s) x {len(seeds)} seed(s)",
+                            fontsize=10, loc="left")
+        loss_axis.set_ylabel("train loss", fontsize=8)
+        loss_axis.tick_params(labelbottom=False, labelsize=8)
+        metric_axis.set_ylabel(f"valid {METRIC_NAMES.get(metric, metric)}", fontsize=8)
+        metric_axis.set_xlabel("epoch", fontsize=8)
+        metric_axis.tick_params(labelsize=8)
+        for axis in (loss_axis, metric_axis):
+            axis.grid(alpha=0.3)
+        handles = [Line2D([], [], color=colour, linewidth=2.2 if bold else 1.1,
+                          label=_config_name(lr, wd) + (" (chosen)" if bold else ""))
+                   for (lr, wd), colour, bold in zip(configs, colours, thick)]
+        if len(seeds) > 1:
+            handles += [Line2D([], [], color="black", linewidth=1.1, linestyle=styles[i % len(styles)],
+                               label=f"seed {seed}") for i, seed in enumerate(seeds)]
+        metric_axis.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2,
+                           frameon=False)
     return figure
-

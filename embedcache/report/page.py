@@ -8,7 +8,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedcache.report.tables import METRIC_NAMES, HeadTable
+from embedcache.report.tables import FALLBACK_NOTE, HeadTable
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -17,6 +17,8 @@ img { max-width: 100%; display: block; margin: 0.8em 0; border: 1px solid #eee; 
 table { border-collapse: collapse; font-size: 0.9em; margin: 0.8em 0; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
 th { background: #f4f4f4; } td.name { text-align: left; } td.best { font-weight: bold; background: #eef7ee; }
+td.fallback { color: #8a4b00; font-style: italic; background: #fff6e8; }
+h3.scope { font-size: 1em; margin: 1.4em 0 0.3em; overflow-wrap: anywhere; }
 p.note { color: #666; font-size: 0.9em; } code { background: #f4f4f4; padding: 0 0.2em; }
 """
 
@@ -37,19 +39,21 @@ def inline_png(path: Path) -> str:
 
 
 def head_table_html(table: HeadTable) -> str:
-    """Table 2 as HTML: rows encoder x head, a column per dataset, the best cell per column highlighted."""
-    header = "".join(f"<th>{html.escape(d)}<br>{METRIC_NAMES.get(table.metrics[d], table.metrics[d])} (%)</th>"
-                     for d in table.datasets)
-    best = {d: table.best_in_column(d) for d in table.datasets}
+    """One scoped head table as HTML: its scope as a heading, rows heads, the best test cell highlighted and
+    validation fallbacks marked (never shown as test numbers)."""
+    best = table.best()
     body = []
     for row in table.rows:
-        cells = "".join(
-            f"<td{' class=best' if best[d] == row else ''}>{html.escape(table.cell_text(row, d))}</td>"
-            for d in table.datasets
-        )
-        names = "".join(f"<td class=name>{html.escape(name)}</td>" for name in row)
-        body.append(f"<tr>{names}{cells}</tr>")
-    return f"<table><tr><th>encoder</th><th>head</th>{header}</tr>{''.join(body)}</table>"
+        cell = table.cells[row]
+        classes = " ".join(name for name, on in (("best", row == best), ("fallback", cell.split != "test")) if on)
+        attribute = f' class="{classes}"' if classes else ""
+        body.append(f"<tr><td class=name>{html.escape(row)}</td><td>{html.escape(table.seeds_text(row))}</td>"
+                    f"<td{attribute}>{html.escape(table.cell_text(row))}</td>"
+                    f"<td class=name>{html.escape(table.split_text(row))}</td></tr>")
+    note = f"<p class=note>{html.escape(FALLBACK_NOTE)}</p>" if table.has_fallback else ""
+    return (f"<h3 class=scope>{html.escape(table.scope.describe())}</h3><table>"
+            f"<tr><th>head</th><th>seeds</th><th>{html.escape(table.metric_name)} (%)</th><th>split</th></tr>"
+            f"{''.join(body)}</table>{note}")
 
 
 def render_page(title: str, source: str, sections: list[Section]) -> str:

@@ -1,9 +1,10 @@
-"""The numbers a report shows: the head-comparison table from a ledger (the paper's Table 2 shape: rows encoder x
-head, columns datasets), per-class AP of a run's heads, and sweep trials."""
+"""The numbers a report shows: head tables from a ledger (one per store fingerprint and subset, so no table mixes
+data), per-class AP of a run's heads with its spread over seeds, and sweep trials."""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from embedcache.errors import ConfigError, EmbedcacheError
+from embedcache.probe import split_label
 from embedcache.store import TokenStore
 
 METRIC_NAMES = {"map": "mAP", "accuracy": "accuracy"}
@@ -54,112 +56,243 @@ def dataset_name(store_path: str, cache: dict[str, str] | None = None) -> str:
     return cache[store_path]
 
 
+@dataclass(frozen=True)
+class TableScope:
+    """What one head table's numbers share: one store (path and fingerprint), one subset view, one encoder and metric.
+
+    fingerprint is None when the run directory (metrics.json) is gone: the store path stands in and the subset is
+    unknown.
+    """
+
+    store: str
+    fingerprint: str | None
+    subset: str | None
+    dataset: str
+    encoder: str
+    metric: str
+
+    def describe(self) -> str:
+        """One line naming the scope: dataset, encoder, store, fingerprint and subset."""
+        if self.fingerprint is None:
+            view = "fingerprint and subset unknown (run directory gone)"
+        else:
+            view = f"fingerprint {self.fingerprint[:12] or '(none)'}, subset: {self.subset or 'whole store'}"
+        return f"{self.dataset} · {self.encoder} · {self.store} ({view})"
+
+
+@dataclass
+class HeadCell:
+    """One head's result in a scope: mean, std and count over seeds, and the split they come from."""
+
+    mean: float
+    std: float
+    seeds: int
+    split: str  # "test", or "valid" for a run without a test split
+    run_dir: str
+    left_out: int = 0  # seeds the ledger marks as not ok (diverged), not in the mean
+
+
+FALLBACK_MARK = "†"
+FALLBACK_NOTE = f"{FALLBACK_MARK} validation number: that run had no test split (not comparable with test numbers)"
+
+
 @dataclass
 class HeadTable:
-    """Rows (encoder, head), columns datasets, cells (mean, std, seeds) of the test metric; metrics per dataset."""
+    """Rows are heads (with the layer when a scope has several), cells their latest run's metric over seeds."""
 
-    rows: list[tuple[str, str]]
-    datasets: list[str]
-    metrics: dict[str, str]
-    cells: dict[tuple[tuple[str, str], str], tuple[float, float, int]] = field(default_factory=dict)
+    scope: TableScope
+    rows: list[str] = field(default_factory=list)
+    cells: dict[str, HeadCell] = field(default_factory=dict)
 
-    def cell_text(self, row: tuple[str, str], dataset: str) -> str:
-        """'mean ± std' in percent, or '-' for a missing cell."""
-        if (row, dataset) not in self.cells:
+    @property
+    def metric_name(self) -> str:
+        return METRIC_NAMES.get(self.scope.metric, self.scope.metric)
+
+    def cell_text(self, row: str) -> str:
+        """'mean ± std' in percent; a validation fallback carries the mark; '-' for a missing cell."""
+        cell = self.cells.get(row)
+        if cell is None:
             return "-"
-        mean, std, _ = self.cells[row, dataset]
-        return f"{100 * mean:.2f} ± {100 * std:.2f}"
+        text = f"{100 * cell.mean:.2f} ± {100 * cell.std:.2f}"
+        return text if cell.split == "test" else f"{text} {FALLBACK_MARK}valid"
 
-    def best_in_column(self, dataset: str) -> tuple[str, str] | None:
-        """The row with the highest mean in a dataset column."""
-        entries = [(self.cells[row, dataset][0], row) for row in self.rows if (row, dataset) in self.cells]
+    def seeds_text(self, row: str) -> str:
+        cell = self.cells[row]
+        return f"{cell.seeds} ({cell.left_out} left out: not ok)" if cell.left_out else str(cell.seeds)
+
+    def split_text(self, row: str) -> str:
+        cell = self.cells[row]
+        return "test" if cell.split == "test" else f"valid {FALLBACK_MARK} (no test split)"
+
+    def best(self) -> str | None:
+        """The row with the highest test mean; validation fallbacks never compete (None when no row is tested)."""
+        entries = [(self.cells[row].mean, row) for row in self.rows if self.cells[row].split == "test"]
         return max(entries)[1] if entries else None
 
+    @property
+    def has_fallback(self) -> bool:
+        return any(cell.split != "test" for cell in self.cells.values())
+
     def to_markdown(self) -> str:
-        """The table as GitHub markdown, best per column in bold."""
-        header = ["encoder", "head"] + [f"{d} ({METRIC_NAMES.get(self.metrics[d], self.metrics[d])})"
-                                        for d in self.datasets]
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        best = {d: self.best_in_column(d) for d in self.datasets}
+        """The scope as a heading line, then the table (best in bold) and the fallback note when needed."""
+        lines = [f"### {self.scope.describe()}", "",
+                 f"| head | seeds | {self.metric_name} (%) | split |", "|---|---|---|---|"]
+        best = self.best()
         for row in self.rows:
-            cells = [f"**{self.cell_text(row, d)}**" if best[d] == row else self.cell_text(row, d)
-                     for d in self.datasets]
-            lines.append("| " + " | ".join([*row, *cells]) + " |")
+            text = self.cell_text(row)
+            lines.append(f"| {row} | {self.seeds_text(row)} | {f'**{text}**' if row == best else text} | "
+                         f"{self.split_text(row)} |")
+        if self.has_fallback:
+            lines += ["", FALLBACK_NOTE]
         return "\n".join(lines)
 
 
-def head_table(ledger_rows: list[dict], store_names: dict[str, str] | None = None) -> HeadTable:
-    """Table 2 from ledger rows: per (encoder, head, dataset) the latest run's test metric, mean ± std over seeds.
+def run_view(run_dir: str | Path, cache: dict[str, dict | None] | None = None) -> dict | None:
+    """The store view a run recorded in its metrics.json (store, fingerprint, subset), or None when unreadable."""
+    cache = cache if cache is not None else {}
+    key = str(run_dir)
+    if key not in cache:
+        try:
+            view = json.loads((Path(run_dir) / "metrics.json").read_text()).get("view")
+        except (OSError, ValueError, AttributeError):
+            view = None
+        cache[key] = view if isinstance(view, dict) and view.get("fingerprint") is not None else None
+    return cache[key]
 
-    Test falls back to validation for runs without a test split. An encoder probed at several layers on one dataset
-    appears once per layer ("name L<layer>").
+
+def subset_text(subset: dict | None) -> str | None:
+    """A short, stable description of a subset view: 'classes=a,b; splits=train,test; clip_ids=120 ids'."""
+    if not subset:
+        return None
+    parts = []
+    for key in sorted(subset):
+        values = [str(v) for v in subset[key]]
+        shown = f"{len(values)} ids" if key == "clip_ids" or len(values) > 8 else ",".join(values)
+        parts.append(f"{key}={shown}")
+    return "; ".join(parts)
+
+
+def _subset_key(subset: dict | None) -> str | None:
+    return json.dumps(subset, sort_keys=True) if subset else None
+
+
+def head_tables(ledger_rows: list[dict], store_names: dict[str, str] | None = None,
+                views: dict[str, dict | None] | None = None) -> list[HeadTable]:
+    """One table per scope (store path and fingerprint, subset, encoder, metric) from ledger rows: per head the
+    latest tested run's test metric, mean ± std over seeds.
+
+    A head that no run tested (no test split) shows its latest validation number, marked as such. A scope probed at
+    several layers has a row per head and layer ("name L<layer>"). views: run_dir -> the view in its metrics.json
+    (read when absent).
     """
     names = store_names if store_names is not None else {}
-    layers: dict[tuple[str, str], set] = {}
+    views = views if views is not None else {}
+    scoped: dict[tuple, tuple[TableScope, list[dict]]] = {}
     for row in ledger_rows:
-        layers.setdefault((row["encoder"], dataset_name(row["store"], names)), set()).add(row["layer"])
-    latest: dict[tuple, str] = {}
-    groups: dict[tuple, list[dict]] = {}
+        view = run_view(row["run_dir"], views)
+        subset = view.get("subset") if view else None
+        # The path as well as the fingerprint: stores written from arrays share one fingerprint whatever their data.
+        identity = (row["store"], view["fingerprint"] if view else None, _subset_key(subset) if view else "?",
+                    row["encoder"], row["metric"])
+        if identity not in scoped:
+            scope = TableScope(store=row["store"], fingerprint=view["fingerprint"] if view else None,
+                               subset=subset_text(subset), dataset=dataset_name(row["store"], names),
+                               encoder=row["encoder"], metric=row["metric"])
+            scoped[identity] = (scope, [])
+        scoped[identity][1].append(row)
+    tables = [_scope_table(scope, rows) for scope, rows in scoped.values()]
+    tables = [table for table in tables if table.rows]
+    return sorted(tables, key=lambda t: (t.scope.dataset, t.scope.encoder, t.scope.store, t.scope.subset or ""))
+
+
+def _scope_table(scope: TableScope, ledger_rows: list[dict]) -> HeadTable:
+    several_layers = len({row["layer"] for row in ledger_rows}) > 1
+    runs: dict[str, dict[tuple[str, str], list[dict]]] = {}  # head -> (timestamp, run_dir) -> rows
     for row in ledger_rows:
-        dataset = dataset_name(row["store"], names)
-        encoder = row["encoder"]
-        if len(layers[encoder, dataset]) > 1:
-            encoder = f"{encoder} L{row['layer']}"
-        key = (encoder, row["head"], dataset)
-        run = (row["timestamp"], row["run_dir"])
-        if key not in latest or run > latest[key]:
-            latest[key] = run
-            groups[key] = []
-        if run == latest[key]:
-            groups[key].append(row)
-    table = HeadTable(rows=[], datasets=[], metrics={})
-    for (encoder, head, dataset), members in groups.items():
-        values = [v for v in (_number(m["test"]) if _number(m["test"]) is not None else _number(m["valid"])
-                              for m in members) if v is not None]
+        name = f"{row['head']} L{row['layer']}" if several_layers else row["head"]
+        runs.setdefault(name, {}).setdefault((row["timestamp"], row["run_dir"]), []).append(row)
+    table = HeadTable(scope)
+    for name, by_run in runs.items():
+        # An empty test field means the run had no test split. The latest run with test numbers is the cell; only a
+        # head never tested falls back to its latest validation number, marked.
+        tested = [run for run, members in by_run.items() if all(m["test"].strip() for m in members)]
+        split = "test" if tested else "valid"
+        members = by_run[max(tested or by_run)]
+        healthy = [m for m in members if (m.get("status") or "ok") == "ok"]
+        values = [v for v in (_number(m[split]) for m in healthy) if v is not None]
         if not values:
             continue
-        if (encoder, head) not in table.rows:
-            table.rows.append((encoder, head))
-        if dataset not in table.datasets:
-            table.datasets.append(dataset)
-        table.metrics[dataset] = members[0]["metric"]
         std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-        table.cells[(encoder, head), dataset] = (float(np.mean(values)), std, len(values))
-    table.rows.sort()
-    table.datasets.sort()
+        table.cells[name] = HeadCell(float(np.mean(values)), std, len(values), split, members[0]["run_dir"],
+                                     len(members) - len(healthy))
+    # Test numbers first, best first; validation fallbacks after them.
+    table.rows = sorted(table.cells, key=lambda r: (table.cells[r].split != "test", -table.cells[r].mean, r))
     return table
 
 
 @dataclass
 class PerClassAP:
-    """Per-class AP of one head on one split: labels and APs (NaN where a class has no positive)."""
+    """Per-class AP of one head on one split: labels, mean AP and its std over seeds (NaN where a class has no
+    positive), and how many seeds."""
 
     head: str
     run: str
     split: str
     labels: list[str]
     ap: np.ndarray
+    std: np.ndarray | None = None
+    seeds: int = 1
+    test_split: bool = True  # False: the run had no test split and `split` is its validation split
+
+    def __post_init__(self) -> None:
+        if self.std is None:
+            self.std = np.zeros_like(self.ap)
+
+    @property
+    def mean(self) -> float:
+        """mAP over the classes with a positive (NaN when none has one)."""
+        finite = self.ap[np.isfinite(self.ap)]
+        return float(finite.mean()) if finite.size else math.nan
 
 
 def per_class_ap(run_dir: str | Path, heads: list[str] | None = None) -> list[PerClassAP]:
-    """Per-class AP of a run's heads (all, or the named ones in that order) on test, else validation."""
+    """Per-class AP of a run's heads (all, or the named ones in that order) on test, else validation, with the std
+    over seeds probe wrote beside it (ap_std) and the seed count from metrics.json."""
     run_dir = Path(run_dir)
     rows = read_csv(run_dir / "per_class_ap.csv")
     splits = list(dict.fromkeys(row["split"] for row in rows))
     config_splits = _config_splits(run_dir)
-    split = next((s for s in (config_splits.get("test"), config_splits.get("valid")) if s in splits),
-                 splits[0] if splits else None)
+    test, valid = (split_label(config_splits[r]) if config_splits.get(r) else None for r in ("test", "valid"))
+    split = next((s for s in (test, valid) if s in splits), splits[0] if splits else None)
     available = list(dict.fromkeys(row["head"] for row in rows if row["split"] == split))
     chosen = heads or available
     missing = [h for h in chosen if h not in available]
     if missing:
         raise ConfigError(f"{run_dir}: no per-class AP for head(s) {missing}; this run has {available}")
+    seeds = _seed_counts(run_dir)
     result = []
     for head in chosen:
         mine = [row for row in rows if row["head"] == head and row["split"] == split]
-        ap = np.array([_number(row["ap"]) if _number(row["ap"]) is not None else np.nan for row in mine])
-        result.append(PerClassAP(head, run_dir.name, split, [row["label"] for row in mine], ap))
+        ap = np.array([_nan_number(row["ap"]) for row in mine])
+        std = np.array([_nan_number(row.get("ap_std")) for row in mine])
+        result.append(PerClassAP(head, run_dir.name, split, [row["label"] for row in mine], ap,
+                                 np.where(np.isnan(ap), np.nan, np.nan_to_num(std)), seeds.get(head, 1),
+                                 test_split=split == test))
     return result
+
+
+def _nan_number(text) -> float:
+    value = _number(text)
+    return np.nan if value is None else value
+
+
+def _seed_counts(run_dir: Path) -> dict[str, int]:
+    """Head name -> number of seeds, from the run's metrics.json."""
+    try:
+        heads = json.loads((run_dir / "metrics.json").read_text()).get("heads") or []
+        return {h["head"]: len(h.get("per_seed") or []) or 1 for h in heads}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
 
 
 def _config_splits(run_dir: Path) -> dict:
