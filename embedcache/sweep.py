@@ -6,8 +6,9 @@ pruner; then the top configurations are re-run with 5 seeds and reported mean ±
 
 Trials live in an Optuna study (SQLite file beside the run by default, PostgreSQL for many machines). A worker asks
 for K trials at a time, trains the K heads as one HeadBank over the cached tokens, and tells each result back; a head
-pruned at a rung stops training while its neighbours go on. Every trial uses the config's seed for init and data
-order, so a trial's validation metric is exactly what `embedcache probe --config best.yaml` gives for that seed.
+pruned at a rung stops training while its neighbours go on, and a head that diverges fails alone. Every trial uses the
+config's seed for init and data order, so a trial's validation metric is exactly what `embedcache probe --config
+best.yaml` gives for that seed. Several heads are several studies over one read of the store (`run_sweeps`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import csv
 import json
 import math
 import os
+import re
 import socket
 import time
 import warnings
@@ -52,6 +54,10 @@ TRAIN_FIELDS_THAT_MATTER = (
     "amp", "eval_every",
 )
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# The store a study or best.yaml was made on ({"fingerprint", "subset"}): a study's user attribute, a best.yaml line.
+STORE_ATTR = "embedcache_store"
+STORE_LINE = re.compile(r"^# embedcache-store: (\{.*\})\s*$", re.MULTILINE)
+WARNINGS_ATTR = "embedcache_warnings"
 
 
 @dataclass
@@ -63,7 +69,7 @@ class SweepConfig:
     startup_trials: int = 25
     # Heads trained together in one pass over the tokens (K); only speed depends on it.
     batch_trials: int = 8
-    # Successive halving: first rung after this many epochs (None: max(1, epochs // 10)), then x reduction_factor.
+    # Successive halving: first rung after this many epochs (None: `first_rung`), then x reduction_factor.
     min_epochs: int | None = None
     reduction_factor: int = 3
     # Log-uniform [low, high]; None: the min and max of the head's lr / weight_decay grid in the probe config.
@@ -114,6 +120,36 @@ def search_space(head: dict, sweep: SweepConfig) -> dict[str, FloatDistribution]
             f"{space['weight_decay'].low:g}); give ranges in the config grid or with --lr LOW,HIGH"
         )
     return space
+
+
+def collapsed_ranges(head: dict, sweep: SweepConfig, space: dict[str, FloatDistribution]) -> list[str]:
+    """One line per range that collapsed to one value: which, where it came from, and how to widen it."""
+    notes = []
+    for name, dist in space.items():
+        if not dist.single():
+            continue
+        flag, other = ("--lr", "weight decay") if name == "lr" else ("--weight-decay", "lr")
+        value = dist.low
+        source = f"{flag} {value:g},{value:g}" if getattr(sweep, name) else f"the config's {name} values {head[name]}"
+        notes.append(
+            f"{name} range collapses to one value ({value:g}, from {source}): only {other} is searched; widen it "
+            f"with {flag} LOW,HIGH (e.g. {flag} {value / 10:g},{value * 10:g}) or two values in grid.{name}"
+        )
+    return notes
+
+
+def first_rung(epochs: int, trials: int, reduction_factor: int) -> int:
+    """The first successive-halving rung (an epoch) for a study that names none: as many rungs as it can fill.
+
+    r rungs leave about trials / reduction_factor**r trials to finish; r is the most that leaves reduction_factor of
+    them (reduction_factor**(r + 1) <= trials), and the first rung is ceil(epochs / reduction_factor**r), so rung r
+    falls at or after the last epoch. A study of fewer than reduction_factor**2 trials is not pruned before its last
+    epoch; a larger one keeps about 1/reduction_factor of its trials at each rung (50 trials, 30 epochs: rungs 4, 12).
+    """
+    rungs = 0
+    while reduction_factor ** (rungs + 2) <= trials:
+        rungs += 1
+    return max(1, min(epochs, math.ceil(epochs / reduction_factor**rungs)))
 
 
 def sobol_points(n: int, dims: int, seed: int) -> np.ndarray:
@@ -182,8 +218,11 @@ class SobolThenTPESampler(optuna.samplers.BaseSampler):
 # -- studies -------------------------------------------------------------------------------------------------
 def default_study_name(store_path: str | Path, head_name: str) -> str:
     """<store name without .zarr>-<head>, e.g. sample-melpatch-protobin."""
-    name = Path(str(store_path).rstrip("/")).name
-    return f"{name.removesuffix('.zarr')}-{head_name}"
+    return f"{_store_name(store_path)}-{head_name}"
+
+
+def _store_name(store_path: str | Path) -> str:
+    return Path(str(store_path).rstrip("/")).name.removesuffix(".zarr")
 
 
 def _password(url: str) -> str | None:
@@ -245,9 +284,36 @@ def _fingerprint_diff(stored: dict, ours: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
+def store_record(store: TokenStore) -> dict:
+    """What a study and best.yaml keep of the store they were made on: its fingerprint and subset (describe_view)."""
+    view = store.describe_view()
+    return {"store": view["store"], "fingerprint": view["fingerprint"], "subset": view["subset"]}
+
+
+def check_store(recorded: dict, ours: dict, what: str) -> None:
+    """Refuse a study or best.yaml (`what`) made on a store with another fingerprint or subset than `ours`."""
+    if (recorded.get("fingerprint"), recorded.get("subset")) == (ours["fingerprint"], ours["subset"]):
+        return
+
+    def shown(record: dict) -> str:
+        return f"fingerprint {record.get('fingerprint') or '(none)'} (subset {json.dumps(record.get('subset'))})"
+
+    raise ConfigError(
+        f"{what} was made on store {shown(recorded)}, but {ours['store']} has {shown(ours)}; the store or the subset "
+        "changed (e.g. by embedcache append), so its trials do not hold here: sweep this store in a new study "
+        "(another --study or --out), or use the store it was made on"
+    )
+
+
+def read_store_record(config_path: str | Path) -> dict | None:
+    """The store a best.yaml was chosen on (its `# embedcache-store:` line), or None for another probe config."""
+    match = STORE_LINE.search(Path(config_path).read_text())
+    return json.loads(match.group(1)) if match else None
+
+
 def open_study(storage_url: str, study_name: str, fingerprint: dict, sampler: optuna.samplers.BaseSampler,
-               pruner: optuna.pruners.BasePruner) -> optuna.Study:
-    """Create the study or join it; refuse to join one whose trials were run with other settings."""
+               pruner: optuna.pruners.BasePruner, store: dict | None = None) -> optuna.Study:
+    """Create the study or join it; refuse to join one made on another store (`store_record`) or with other settings."""
     storage = open_storage(storage_url)
     for attempt in range(5):
         try:
@@ -261,6 +327,12 @@ def open_study(storage_url: str, study_name: str, fingerprint: dict, sampler: op
             time.sleep(0.2 * (attempt + 1))
     else:
         study = optuna.load_study(storage=storage, study_name=study_name, sampler=sampler, pruner=pruner)
+    if store is not None:
+        recorded = study.user_attrs.get(STORE_ATTR)
+        if recorded is None:
+            study.set_user_attr(STORE_ATTR, {key: store[key] for key in ("fingerprint", "subset")})
+        else:
+            check_store(recorded, store, f"study {study_name!r} in {redact(storage_url)}")
     stored = study.user_attrs.get(STUDY_ATTR)
     if stored is None:
         study.set_user_attr(STUDY_ATTR, fingerprint)
@@ -281,9 +353,11 @@ class SweepReport:
 
     trials: one row per trial of the study (all workers); ran_here: trial numbers this worker trained;
     final: the top-k re-run with several seeds (None while other workers still run trials, or with final=False);
-    best: the chosen configuration (after the re-run, by mean validation metric) and best_config its probe config.
+    best: the chosen configuration (after the re-run, by mean validation metric) and best_config its probe config;
+    warnings: ranges that collapsed to one value; store: the store's record (`store_record`).
     """
 
+    head: str
     out_dir: Path
     study_name: str
     storage: str
@@ -295,6 +369,8 @@ class SweepReport:
     best: dict | None = None
     best_config: Path | None = None
     results: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    store: dict = field(default_factory=dict)
 
 
 def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
@@ -310,7 +386,7 @@ def trial_rows(study: optuna.Study, metric: str) -> list[dict]:
             f"valid_{metric}": trial.value if trial.state == TrialState.COMPLETE else "",
             f"last_valid_{metric}": trial.intermediate_values.get(trial.last_step, "") if epochs != "" else "",
             "epochs": epochs, "sampler": "sobol" if trial.user_attrs.get("sobol") else "tpe",
-            "worker": trial.user_attrs.get("worker", ""),
+            "worker": trial.user_attrs.get("worker", ""), "diverged_epoch": trial.user_attrs.get("diverged_epoch", ""),
         })
     return rows
 
@@ -323,9 +399,15 @@ def format_trials_table(rows: Sequence[dict], metric: str, top: int = 10) -> str
     for row in complete[:top]:
         lines.append(f"{row['number']:>5}  {row['lr']:>9.3g}  {row['weight_decay']:>9.3g}  "
                      f"{100 * row[key]:>10.2f}%  {row['epochs']:>6}  {row['sampler']}")
-    counts = {state: sum(r["state"] == state for r in rows) for state in ("complete", "pruned", "fail", "running")}
-    lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no trials")
+    lines.append(_state_counts(rows))
     return "\n".join(lines)
+
+
+def _state_counts(rows: Sequence[dict]) -> str:
+    counts = {state: sum(r["state"] == state for r in rows) for state in ("complete", "pruned", "fail", "running")}
+    diverged = sum(r.get("diverged_epoch", "") != "" for r in rows)
+    line = ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no trials"
+    return line + (f" ({diverged} diverged)" if diverged else "")
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -342,7 +424,8 @@ def _choose_head(resolved: dict, head: str | None) -> dict:
     if head is None:
         if len(heads) != 1:
             names = ", ".join(h["name"] for h in heads)
-            raise ConfigError(f"a sweep tunes one head and the config has {len(heads)} ({names}): pass --head NAME")
+            raise ConfigError(f"a sweep tunes one head per study and the config has {len(heads)} ({names}): pass "
+                              "--head NAME, or --head a,b for one study each")
         return heads[0]
     for entry in heads:
         if entry["name"] == head:
@@ -351,7 +434,8 @@ def _choose_head(resolved: dict, head: str | None) -> dict:
     return resolve_config({**resolved, "heads": [head]})["heads"][0]
 
 
-def _fingerprint(resolved: dict, head: dict, space: dict, sweep: SweepConfig, store: TokenStore) -> dict:
+def _fingerprint(resolved: dict, head: dict, space: dict, sweep: SweepConfig, store: TokenStore,
+                 min_epochs: int) -> dict:
     train = {key: resolved["train"][key] for key in TRAIN_FIELDS_THAT_MATTER}
     return {
         "store": {"n_clips": store.n_clips, "num_tokens": store.num_tokens, "embed_dim": store.embed_dim,
@@ -361,13 +445,14 @@ def _fingerprint(resolved: dict, head: dict, space: dict, sweep: SweepConfig, st
         "head": {"kind": head["kind"], "options": head["options"]},
         "space": {name: [dist.low, dist.high] for name, dist in space.items()},
         "train": train, "trials": sweep.trials, "startup_trials": sweep.startup_trials,
-        "min_epochs": sweep.min_epochs, "reduction_factor": sweep.reduction_factor,
+        "min_epochs": min_epochs, "reduction_factor": sweep.reduction_factor,
     }
 
 
 def _ask_batch(study: optuna.Study, space: dict, sweep: SweepConfig, worker: str) -> list[optuna.Trial]:
     """Up to K new trials, never beyond the study's budget, which other workers may be spending too."""
-    remaining = sweep.trials - len(study.get_trials(deepcopy=False))
+    # Enqueued trials (waiting) are not spent yet: the next asks take them.
+    remaining = sweep.trials - sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
     asked = []
     for _ in range(min(sweep.batch_trials, remaining)):
         trial = study.ask(space)
@@ -382,27 +467,47 @@ def _ask_batch(study: optuna.Study, space: dict, sweep: SweepConfig, worker: str
     return asked
 
 
+def _tell_diverged(study: optuna.Study, trial: optuna.Trial, metrics: dict, epoch: int) -> None:
+    """Fail one trial whose head diverged (non-finite loss or scores: the bank's `diverged_`, or a NaN metric)."""
+    trial.set_user_attr("diverged", True)
+    trial.set_user_attr("diverged_epoch", int(metrics.get("diverged_epoch", epoch)))
+    study.tell(trial, state=TrialState.FAIL)
+
+
 def _train_batch(study: optuna.Study, asked: list[optuna.Trial], head: dict, seed: int, train_config: TrainConfig,
                  data: dict, multilabel: bool, metric: str) -> None:
-    """Train the asked trials as one bank; report validation per epoch, prune inside the bank, tell the results."""
+    """Train the asked trials as one bank; report validation per epoch, prune inside the bank, tell the results.
+
+    A head that diverges fails its own trial only; the bank stops it and trains the others on.
+    """
     specs = [HeadSpec(head["kind"], t.params["lr"], t.params["weight_decay"], seed, dict(head["options"]))
              for t in asked]
     last_epoch = train_config.epochs
     told: set[int] = set()
+    bank = HeadBank(specs, train_config, multilabel=multilabel)
+
+    def diverged(k: int, metrics: dict) -> bool:
+        return k in getattr(bank, "diverged_", set()) or not math.isfinite(float(metrics.get(metric, math.nan)))
 
     def on_validation(epoch: int, results: dict[int, dict]) -> list[int]:
         stop = []
-        for k, metrics in results.items():
-            trial = asked[k]
-            trial.report(float(metrics[metric]), epoch)
-            # A trial that ran every epoch is complete; pruning it at the end would throw its result away.
-            if epoch < last_epoch and trial.should_prune():
+        # A diverged head is left out of `results` (it is in the bank's diverged_) or comes with a NaN metric.
+        for k in sorted(set(results) | getattr(bank, "diverged_", set())):
+            if k in told:
+                continue
+            trial, metrics = asked[k], results.get(k, bank.valid_metrics_[k])
+            if diverged(k, metrics):
+                _tell_diverged(study, trial, metrics, epoch)
+            else:
+                trial.report(float(metrics[metric]), epoch)
+                # A trial that ran every epoch is complete; pruning it at the end would throw its result away.
+                if epoch == last_epoch or not trial.should_prune():
+                    continue
                 study.tell(trial, state=TrialState.PRUNED)
-                told.add(k)
-                stop.append(k)
+            told.add(k)
+            stop.append(k)
         return stop
 
-    bank = HeadBank(specs, train_config, multilabel=multilabel)
     try:
         bank.fit(data["train"], data["valid"], on_validation=on_validation)
     except BaseException:
@@ -413,18 +518,18 @@ def _train_batch(study: optuna.Study, asked: list[optuna.Trial], head: dict, see
     for k, trial in enumerate(asked):
         if k in told:
             continue
-        value = float(bank.valid_metrics_[k].get(metric, float("nan")))
-        if math.isfinite(value):
-            study.tell(trial, value)
+        metrics = bank.valid_metrics_[k]
+        if diverged(k, metrics):
+            _tell_diverged(study, trial, metrics, last_epoch)
         else:
-            trial.set_user_attr("diverged", True)  # NaN validation: the head diverged at this lr
-            study.tell(trial, state=TrialState.FAIL)
+            study.tell(trial, float(metrics[metric]))
 
 
 def _progress_line(study: optuna.Study, sweep: SweepConfig, metric: str, asked: list, seconds: float) -> str:
     trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
     done = sum(t.state in FINISHED for t in trials)
     pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    failed = sum(t.state == TrialState.FAIL for t in trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     numbers = [t.number for t in asked]
     # Other workers may take numbers in between: a range only when this pass's trials are consecutive.
@@ -433,11 +538,74 @@ def _progress_line(study: optuna.Study, sweep: SweepConfig, metric: str, asked: 
     else:
         numbers = ",".join(map(str, numbers))
     line = f"trials {numbers} ({len(asked)} per pass, {seconds:.1f} s): done {done}/{sweep.trials}, pruned {pruned}"
+    if failed:
+        line += f", failed {failed}"
     if complete:
         best = max(complete, key=lambda t: t.value)
         line += (f", best valid {metric} {100 * best.value:.2f}% (trial {best.number}: lr {best.params['lr']:.3g}, "
                  f"wd {best.params['weight_decay']:.3g})")
     return line
+
+
+@dataclass
+class _HeadStudy:
+    """One head's study, opened and checked before any head trains."""
+
+    head: dict
+    seed: int
+    space: dict[str, FloatDistribution]
+    warnings: list[str]
+    record: dict
+    name: str
+    storage: str
+    out_dir: Path
+    study: optuna.Study
+
+
+def _open_head_study(head: dict, resolved: dict, sweep: SweepConfig, store: TokenStore, record: dict,
+                     min_epochs: int, out_dir: Path | None, storage: str | None, study_name: str,
+                     notes: list[str]) -> _HeadStudy:
+    space = search_space(head, sweep)
+    collapsed = collapsed_ranges(head, sweep, space)
+    out_dir = Path(out_dir or Path("runs") / "sweeps" / study_name).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{out_dir / 'study.db'}"
+    sampler = SobolThenTPESampler(space, sweep.startup_trials, resolved["seed"])
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=sweep.reduction_factor)
+    study = open_study(storage, study_name, _fingerprint(resolved, head, space, sweep, store, min_epochs), sampler,
+                       pruner, record)
+    study.set_user_attr(WARNINGS_ATTR, collapsed)
+    (out_dir / "sweep.yaml").write_text(yaml.safe_dump({
+        "study": study_name, "storage": redact(storage), "head": head, "sweep": sweep.to_dict(),
+        "min_epochs": min_epochs, "space": {name: [d.low, d.high] for name, d in space.items()},
+        "warnings": collapsed, "store": record, "probe_config": resolved, "split_notes": notes,
+    }, sort_keys=False))
+    return _HeadStudy(head, resolved["seed"], space, collapsed, record, study_name, storage, out_dir, study)
+
+
+def _run_trials(plan: _HeadStudy, sweep: SweepConfig, min_epochs: int, train_config: TrainConfig, data: dict,
+                multilabel: bool, metric: str, log: Callable[[str], None]) -> SweepReport:
+    """Train the study's trials, K per pass, until its budget is spent (by all workers); write trials.csv."""
+    study, space = plan.study, plan.space
+    for note in plan.warnings:
+        log(f"warning: {note}")
+    log(f"study {plan.name} ({redact(plan.storage)}): {sweep.trials} trials ({sweep.startup_trials} Sobol, then TPE), "
+        f"{sweep.batch_trials} per pass, successive halving from epoch {min_epochs} x{sweep.reduction_factor}; "
+        f"lr {space['lr'].low:g}..{space['lr'].high:g}, wd {space['weight_decay'].low:g}.."
+        f"{space['weight_decay'].high:g}")
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    started = time.perf_counter()
+    ran_here: list[int] = []
+    while asked := _ask_batch(study, space, sweep, worker):
+        batch_started = time.perf_counter()
+        _train_batch(study, asked, plan.head, plan.seed, train_config, data, multilabel, metric)
+        ran_here += [t.number for t in asked]
+        log(_progress_line(study, sweep, metric, asked, time.perf_counter() - batch_started))
+    rows = trial_rows(study, metric)
+    _write_csv(plan.out_dir / "trials.csv", rows)
+    log(format_trials_table(rows, metric))
+    return SweepReport(plan.head["name"], plan.out_dir, plan.name, redact(plan.storage), metric, rows, ran_here,
+                       time.perf_counter() - started, warnings=plan.warnings, store=plan.record)
 
 
 def run_sweep(
@@ -451,12 +619,37 @@ def run_sweep(
     final: bool = True,
     final_now: bool = False,
     log: Callable[[str], None] = print,
+    expect_store: dict | None = None,
 ) -> SweepReport:
     """Run trials of one head's study until its budget is spent, then re-run the top configurations with seeds.
 
     out_dir: default runs/sweeps/<study>; storage: default sqlite:///<out>/study.db; study_name: default
     <store>-<head>. Several workers (processes or machines) may run this at once on one study. The re-run waits
     until no trial is running, unless final_now (a killed worker leaves its trials running in the study for good).
+    expect_store: the store a best.yaml was chosen on (`read_store_record`); another store is refused.
+    """
+    return run_sweeps(store_path, None if head is None else [head], out_dir, config, sweep, storage, study_name,
+                      final, final_now, log, expect_store)[0]
+
+
+def run_sweeps(
+    store_path: str | Path | None,
+    heads: Sequence[str] | None,
+    out_dir: str | Path | None = None,
+    config: dict | None = None,
+    sweep: SweepConfig | dict | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    final: bool = True,
+    final_now: bool = False,
+    log: Callable[[str], None] = print,
+    expect_store: dict | None = None,
+) -> list[SweepReport]:
+    """`run_sweep` for each head (None: the config's only head), one study each, reading the store once.
+
+    With several heads, each head's outputs go to out_dir/<head> (default runs/sweeps/<store>/<head>), its study is
+    <study_name>-<head> (default <store>-<head>) and out_dir/summary.csv holds one row per head (`summary_rows`).
+    Every study is opened and checked before any head trains; the re-runs with seeds follow all the trials.
     """
     sweep = sweep if isinstance(sweep, SweepConfig) else SweepConfig.from_dict(sweep or {})
     resolved = resolve_config(config, store=absolute_url(store_path) if store_path is not None else None)
@@ -470,63 +663,59 @@ def run_sweep(
             "splits.valid is null: a sweep chooses on validation, so map `valid` to a split (splits.valid in the "
             f"probe config or --splits valid=NAME; the store's splits: {', '.join(stores['valid'].split_names)})"
         )
-    chosen = _choose_head(resolved, head)
-    space = search_space(chosen, sweep)
-    study_name = study_name or default_study_name(resolved["store"], chosen["name"])
-    out_dir = Path(out_dir or Path("runs") / "sweeps" / study_name).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{out_dir / 'study.db'}"
+    chosen = [_choose_head(resolved, head) for head in heads or [None]]
+    names = [entry["name"] for entry in chosen]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--head {','.join(heads or [])}: each head once (one study per head)")
 
     # Trials need train and valid only; the test split is read by the final re-run.
     data = open_data({**resolved, "splits": {**resolved["splits"], "test": None}}, stores)
     store = data["train"].store
+    record = store_record(store)
+    if expect_store is not None:
+        check_store(expect_store, record, expect_store.get("source", "the config"))
     resolved["layer"] = data["train"].layer
     multilabel = store.is_multilabel if resolved["task"] is None else resolved["task"] == "multilabel"
     resolved["task"] = "multilabel" if multilabel else "multiclass"
     metric = selection_metric(multilabel)
-    seed = resolved["seed"]
-    train_config = TrainConfig.from_dict({**resolved["train"], "data_seed": seed})
-    min_epochs = sweep.min_epochs or max(1, train_config.epochs // 10)
-
+    train_config = TrainConfig.from_dict({**resolved["train"], "data_seed": resolved["seed"]})
+    min_epochs = sweep.min_epochs or first_rung(train_config.epochs, sweep.trials, sweep.reduction_factor)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = SobolThenTPESampler(space, sweep.startup_trials, seed)
-    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=sweep.reduction_factor)
-    study = open_study(storage, study_name, _fingerprint(resolved, chosen, space, sweep, store), sampler, pruner)
-    (out_dir / "sweep.yaml").write_text(yaml.safe_dump({
-        "study": study_name, "storage": redact(storage), "head": chosen, "sweep": sweep.to_dict(),
-        "min_epochs": min_epochs, "space": {name: [d.low, d.high] for name, d in space.items()},
-        "probe_config": resolved, "split_notes": notes,
-    }, sort_keys=False))
 
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-    log(f"study {study_name} ({redact(storage)}): {sweep.trials} trials ({sweep.startup_trials} Sobol, then TPE), "
-        f"{sweep.batch_trials} per pass, successive halving from epoch {min_epochs} x{sweep.reduction_factor}; "
-        f"lr {space['lr'].low:g}..{space['lr'].high:g}, wd {space['weight_decay'].low:g}.."
-        f"{space['weight_decay'].high:g}")
-    started = time.perf_counter()
-    ran_here: list[int] = []
+    several = len(chosen) > 1
+    top = Path(out_dir or Path("runs") / "sweeps" / _store_name(resolved["store"])).resolve() if several else None
+    plans = []
+    for entry in chosen:
+        if study_name and several:
+            name = f"{study_name}-{entry['name']}"
+        else:
+            name = study_name or default_study_name(resolved["store"], entry["name"])
+        folder = top / entry["name"] if several else out_dir
+        plans.append(_open_head_study(entry, resolved, sweep, store, record, min_epochs, folder, storage, name, notes))
+    reports = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        while asked := _ask_batch(study, space, sweep, worker):
-            batch_started = time.perf_counter()
-            _train_batch(study, asked, chosen, seed, train_config, data, multilabel, metric)
-            ran_here += [t.number for t in asked]
-            log(_progress_line(study, sweep, metric, asked, time.perf_counter() - batch_started))
+        for plan in plans:
+            reports.append(_run_trials(plan, sweep, min_epochs, train_config, data, multilabel, metric, log))
     del data
-
-    rows = trial_rows(study, metric)
-    _write_csv(out_dir / "trials.csv", rows)
-    report = SweepReport(out_dir, study_name, redact(storage), metric, rows, ran_here, time.perf_counter() - started)
-    log(format_trials_table(rows, metric))
-    running = [r["number"] for r in rows if r["state"] == "running"]
-    if not final:
-        return report
-    if running and not final_now:
-        log(f"{len(running)} trial(s) still running on other workers ({running[:8]}); run this command again when "
-            "they finish to re-run the top configurations (or with --final-now if a worker was killed)")
-        return report
-    _final_rerun(report, resolved, chosen, sweep, log)
-    return report
+    for plan, report in zip(plans, reports, strict=True):
+        if not final:
+            continue
+        running = [r["number"] for r in report.trials if r["state"] == "running"]
+        if running and not final_now:
+            log(f"{report.study_name}: {len(running)} trial(s) still running on other workers ({running[:8]}); run "
+                "this command again when they finish to re-run the top configurations (or with --final-now if a "
+                "worker was killed)")
+            continue
+        try:
+            _final_rerun(report, resolved, plan.head, sweep, log)
+        except ConfigError as error:
+            if not several:
+                raise
+            log(f"{report.head}: {error}")  # the other heads' re-runs still go ahead
+    if several:
+        _write_csv(top / "summary.csv", summary_rows(reports))
+    return reports
 
 
 def _final_rerun(report: SweepReport, resolved: dict, head: dict, sweep: SweepConfig,
@@ -561,10 +750,14 @@ def _final_rerun(report: SweepReport, resolved: dict, head: dict, sweep: SweepCo
                              "weight_decay": [best["weight_decay"]], "options": dict(head["options"])}]
     best_config["grid"] = {"lr": [best["lr"]], "weight_decay": [best["weight_decay"]]}
     path = report.out_dir / "best.yaml"
+    warned = "".join(f"# Warning: {note}\n" for note in report.warnings)
     path.write_text(
         f"# Best of study {report.study_name}: trial {best['trial']}, valid {report.metric} "
         f"{best[key]:.4f} ± {best[key + '_std']:.4f} over {best['seeds']} seeds.\n"
         f"# Re-run: embedcache probe --config {path.name} --out RUN_DIR (the store is named below)\n"
+        f"{warned}"
+        "# Chosen on this store (its fingerprint changes with embedcache append; a sweep refuses another):\n"
+        f"# embedcache-store: {json.dumps(report.store)}\n"
         + yaml.safe_dump(best_config, sort_keys=False)
     )
     report.final, report.best, report.best_config, report.results = final, best, path, results
@@ -579,3 +772,45 @@ def format_results(report: SweepReport) -> str:
     lines.append(f"best: trial {best['trial']} lr {best['lr']:.4g} wd {best['weight_decay']:.4g} -> "
                  f"{report.best_config}")
     return "\n".join(lines)
+
+
+def summary_rows(reports: Sequence[SweepReport]) -> list[dict]:
+    """One row per head's study: trial counts, the chosen lr and wd, validation and test (mean ± std over seeds).
+
+    Before the re-run with seeds, the best completed trial so far (its validation metric, no test).
+    """
+    rows = []
+    for report in reports:
+        key = f"valid_{report.metric}"
+        row = {"head": report.head, "study": report.study_name, "trials": _state_counts(report.trials),
+               "metric": report.metric, "lr": "", "weight_decay": "", "valid": "", "valid_std": "", "test": "",
+               "test_std": "", "seeds": 0, "out_dir": str(report.out_dir), "warnings": " | ".join(report.warnings)}
+        complete = [r for r in report.trials if r["state"] == "complete"]
+        if report.best is not None:
+            best = report.best
+            row.update(lr=best["lr"], weight_decay=best["weight_decay"], valid=best[key], valid_std=best[f"{key}_std"],
+                       test=best[f"test_{report.metric}"], test_std=best[f"test_{report.metric}_std"],
+                       seeds=best["seeds"])
+        elif complete:
+            best = max(complete, key=lambda r: r[key])
+            row.update(lr=best["lr"], weight_decay=best["weight_decay"], valid=best[key], seeds=1)
+        rows.append(row)
+    return rows
+
+
+def format_summary(reports: Sequence[SweepReport]) -> str:
+    """The studies side by side, one line per head (`summary_rows`; metrics in %)."""
+
+    def cell(mean, std) -> str:
+        if mean in ("", None):
+            return "-"
+        return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std not in ("", None) else "")
+
+    header = ["head", "study", "trials", "lr", "wd", "seeds", "valid (%)", "test (%)"]
+    lines = [[row["head"], row["study"], row["trials"], f"{row['lr']:.3g}" if row["lr"] != "" else "-",
+              f"{row['weight_decay']:.3g}" if row["weight_decay"] != "" else "-", str(row["seeds"]),
+              f"{row['metric']} {cell(row['valid'], row['valid_std'])}",
+              f"{row['metric']} {cell(row['test'], row['test_std'])}"] for row in summary_rows(reports)]
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip()
+                     for line in [header, *lines])
