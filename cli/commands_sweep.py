@@ -67,19 +67,15 @@ def sweep_command(
       embedcache sweep runs/sample.zarr --head linear,protobin --config configs/probes/paper.yaml \\
         --out runs/sweeps/sample
     """
-    from embedcache.probe import load_config, parse_splits
+    from embedcache.probe import apply_overrides, load_config
     from embedcache.sweep import format_results, format_summary, read_store_record, run_sweeps
 
-    config = load_config(config_path) if config_path else {}
+    # --lr and --weight-decay are the search's ranges here, not a grid: they go to the sweep settings below.
+    config = apply_overrides(load_config(config_path) if config_path else {}, epochs=epochs, batch_size=batch_size,
+                             device=device, splits=splits)
     expect_store = read_store_record(config_path) if config_path else None
     if expect_store is not None:
         expect_store["source"] = config_path
-    train = {key: value for key, value in (("epochs", epochs), ("batch_size", batch_size), ("device", device))
-             if value is not None}
-    if train:
-        config["train"] = {**config.get("train", {}), **train}
-    if splits:
-        config["splits"] = {**config.get("splits", {}), **parse_splits(splits)}
     sweep = {
         "trials": trials, "startup_trials": startup_trials, "batch_trials": batch_trials, "min_epochs": min_epochs,
         "reduction_factor": reduction_factor, "top_k": top_k, "final_seeds": final_seeds,

@@ -405,8 +405,6 @@ def test_a_study_or_best_yaml_made_before_an_append_is_refused_naming_both_finge
     assert not (tmp_path / "again").exists()  # refused before any study was opened
 
 
-@pytest.mark.xfail(strict=False, reason="needs HeadBank to mark a diverged head in diverged_ with NaN metrics instead "
-                   "of raising from the metrics (the train.py change in progress); remove this marker once it lands")
 def test_a_diverged_head_fails_its_own_trial_and_the_rest_of_its_batch_goes_on(store, tmp_path):
     storage = f"sqlite:///{tmp_path / 'diverge.db'}"
     study = optuna.create_study(storage=storage, study_name="d", direction="maximize")
