@@ -67,14 +67,8 @@ def probe_command(
     \b
     A run killed part way (even kill -9) resumes with the same command: finished banks are not trained again.
     """
-    from embedcache.probe import (
-        apply_overrides,
-        format_comparison_table,
-        format_folds_table,
-        load_config,
-        run_folds,
-        run_probe,
-    )
+    from embedcache.probe import apply_overrides, load_config, read_store_record, run_folds, run_probe
+    from embedcache.results import format_comparison_table, format_folds_table
 
     config = apply_overrides(
         load_config(config_path) if config_path else {}, lr=_numbers(lr, "--lr"),
@@ -90,7 +84,8 @@ def probe_command(
                    f"ledger: {folds_report.ledger}")
         return
     report = run_probe(store, head_kinds, out_dir, config=config, seeds=seeds, ledger=ledger, overwrite=overwrite,
-                       log=click.echo, progress=not no_progress)
+                       log=click.echo, progress=not no_progress,
+                       expect_store=read_store_record(config_path) if config_path else None)
     paths = ", ".join(f"{split}: {path}" for split, path in report.data_paths.items())
     click.echo(f"data: {paths}")
     click.echo(format_comparison_table(report))
@@ -125,7 +120,7 @@ def results_command(ledger, heads) -> None:
     Example:
       embedcache results runs/probes/ledger.csv --head protobin,linear
     """
-    from embedcache.probe import format_comparison_table, read_ledger
+    from embedcache.results import format_comparison_table, read_ledger
 
     rows = read_ledger(ledger, log=lambda line: click.secho(f"warning: {line}", fg="yellow", err=True))
     if heads:

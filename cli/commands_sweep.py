@@ -67,8 +67,8 @@ def sweep_command(
       embedcache sweep runs/sample.zarr --head linear,protobin --config configs/probes/paper.yaml \\
         --out runs/sweeps/sample
     """
-    from embedcache.probe import apply_overrides, load_config
-    from embedcache.sweep import format_results, format_summary, read_store_record, run_sweeps
+    from embedcache.probe import apply_overrides, load_config, read_store_record
+    from embedcache.sweep import format_results, format_summary, run_sweeps
 
     # --lr and --weight-decay are the search's ranges here, not a grid: they go to the sweep settings below.
     config = apply_overrides(load_config(config_path) if config_path else {}, epochs=epochs, batch_size=batch_size,

@@ -31,9 +31,9 @@ from embedcache.extract import extract as run_extract
 from embedcache.loader import SplitData
 from embedcache.predict import TrainedRun, load_run
 from embedcache.predict import predict as predict_store
-from embedcache.probe import ProbeReport, apply_overrides
+from embedcache.probe import apply_overrides
 from embedcache.probe import run_probe as probe_protocol
-from embedcache.results import Predictions
+from embedcache.results import Predictions, ProbeReport
 from embedcache.store import Subset, TokenStore
 from embedcache.train import HeadBank, HeadSpec, TrainConfig
 

@@ -8,11 +8,7 @@ splits (`run_folds`) is one such run per fold, under RUN/<fold>/, with folds.jso
 from __future__ import annotations
 
 import copy
-import csv
-import datetime as dt
-import fcntl
 import hashlib
-import io
 import json
 import re
 import shutil
@@ -22,16 +18,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from embedcache import heads as head_registry
 from embedcache.errors import ConfigError, StoreError
 from embedcache.loader import SplitData, open_splits
-from embedcache.results import Predictions, confusion_rows, write_predictions
+from embedcache.results import (
+    UNITS_DIR,
+    FoldsReport,
+    HeadResult,
+    ProbeReport,
+    append_ledger,
+    ledger_rows,
+    load_units,
+    save_unit,
+    scalars,
+    split_label,
+    split_names_of,
+    write_folds,
+    write_run,
+    write_test_predictions,
+)
 from embedcache.store import TokenStore
 from embedcache.store.subset import Subset
 from embedcache.train import (
@@ -51,7 +59,6 @@ ROLE_WORDS = {"train": "training", "valid": "validation", "test": "test"}
 FOLD_PATTERN = re.compile(r"fold[_-]?(\d+)", re.IGNORECASE)
 TASKS = ("multilabel", "multiclass")
 DATA_ORDERS = ("per_seed", "shared")
-UNITS_DIR = "units"
 
 # The code's defaults; configs/probes/default.yaml spells out the same values (a test keeps them equal).
 DEFAULT_CONFIG: dict = {
@@ -75,13 +82,36 @@ DEFAULT_CONFIG: dict = {
     "train": TrainConfig(epochs=30, batch_size=32).to_dict(),
 }
 
-LEDGER_COLUMNS = [
-    "timestamp", "run_dir", "store", "encoder", "checkpoint_sha256", "layer", "task", "head", "kind", "options",
-    "lr", "weight_decay", "seed", "epochs", "batch_size", "num_parameters", "metric", "valid", "test",
-    "test_map", "test_micro_ap", "test_macro_auroc", "test_accuracy", "status",
-]
-# Columns added after the first ledgers were written: an older ledger lacks them (read as empty, added on append).
-LEDGER_ADDED = ("status",)
+
+# The store a study or best.yaml was made on ({"fingerprint", "subset"}): a study's user attribute, a best.yaml line.
+STORE_LINE = re.compile(r"^# embedcache-store: (\{.*\})\s*$", re.MULTILINE)
+
+
+def store_record(store: TokenStore) -> dict:
+    """What a study and best.yaml keep of the store they were made on: its fingerprint and subset (describe_view)."""
+    view = store.describe_view()
+    return {"store": view["store"], "fingerprint": view["fingerprint"], "subset": view["subset"]}
+
+
+def check_store(recorded: dict, ours: dict, what: str) -> None:
+    """Refuse a study or best.yaml (`what`) made on a store with another fingerprint or subset than `ours`."""
+    if (recorded.get("fingerprint"), recorded.get("subset")) == (ours["fingerprint"], ours["subset"]):
+        return
+
+    def shown(record: dict) -> str:
+        return f"fingerprint {record.get('fingerprint') or '(none)'} (subset {json.dumps(record.get('subset'))})"
+
+    raise ConfigError(
+        f"{what} was made on store {shown(recorded)}, but {ours['store']} has {shown(ours)}; the store or the subset "
+        "changed (e.g. by embedcache append), so its trials do not hold here: sweep this store in a new study "
+        "(another --study or --out), or use the store it was made on"
+    )
+
+
+def read_store_record(config_path: str | Path) -> dict | None:
+    """The store a best.yaml was chosen on (its `# embedcache-store:` line), or None for another probe config."""
+    match = STORE_LINE.search(Path(config_path).read_text())
+    return json.loads(match.group(1)) if match else None
 
 
 # -- configuration ----------------------------------------------------------------------------------------
@@ -343,52 +373,6 @@ class ProbeConfig:
         }
 
 
-# -- results --------------------------------------------------------------------------------------------
-@dataclass
-class HeadResult:
-    """The chosen configuration of one named head, its metrics per split (mean and std over seeds) and per seed."""
-
-    name: str
-    kind: str
-    lr: float
-    weight_decay: float
-    options: dict
-    num_parameters: int
-    metric: str
-    valid: dict
-    test: dict
-    per_seed: list[dict] = field(default_factory=list)
-    per_class: dict = field(default_factory=dict)
-    # "ok", "diverged" (every seed) or "diverged in N seed(s)" (those seeds are left out of the means).
-    status: str = "ok"
-
-
-@dataclass
-class ProbeReport:
-    """What a probe run produced; `results` holds one HeadResult per named head."""
-
-    run_dir: Path
-    config: dict
-    results: list[HeadResult]
-    data_paths: dict
-    sweep: list[dict]
-    ledger: Path | None
-    # How the roles were matched to the store's splits (an alias in place of a missing default name, ...).
-    split_notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class FoldsReport:
-    """A cross-validation: one probe run per fold (`runs`, in `plan` order) and, per head, `summary` over folds."""
-
-    run_dir: Path
-    config: dict
-    plan: list[dict]
-    runs: list[ProbeReport]
-    summary: list[dict]
-    ledger: Path
-
-
 def fold_summary(plan: list[dict], runs: list[ProbeReport]) -> list[dict]:
     """Per head: each fold's test metrics (its mean over seeds) and their mean and sample std (ddof=1) over folds."""
     summary = []
@@ -447,17 +431,6 @@ def _check_train_positives(train: SplitData) -> None:
             f"{train.store.path}: split {train.split!r} has no positive clip for {len(empty)} class(es): {shown}; "
             "a probe cannot learn them: re-split the data or drop those classes from the manifest"
         )
-
-
-# -- split roles ----------------------------------------------------------------------------------------
-def split_names_of(value: str | Sequence[str] | None) -> list[str]:
-    """A role's split names as a list ([] for a null role)."""
-    return [] if value is None else [value] if isinstance(value, str) else list(value)
-
-
-def split_label(value: str | Sequence[str] | None) -> str:
-    """How a role's splits are named in tables and files: 'dev', 'fold1+fold2', or '' for none."""
-    return "+".join(split_names_of(value))
 
 
 def _listed(names: Sequence[str]) -> str:
@@ -602,6 +575,7 @@ def run_probe(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
     progress: bool = False,
+    expect_store: dict | None = None,
 ) -> ProbeReport:
     """Train every head configuration per seed in one bank, choose each head's lr/wd on validation, test it once.
 
@@ -609,6 +583,7 @@ def run_probe(
     An out_dir that already holds a run is refused unless overwrite=True (the ledger keeps every earlier row); one
     that holds the finished banks of an interrupted run with the same settings resumes it. `log` gets one line per
     split role the store matched by an alias (also kept in the report and metrics.json); `progress` shows a bar.
+    expect_store: the store a config (a sweep's best.yaml, `read_store_record`) was chosen on; another is refused.
     """
     out_dir = Path(out_dir).resolve()
     overrides = {"store": absolute_url(store_path) if store_path is not None else None, "seeds": seeds}
@@ -624,6 +599,8 @@ def run_probe(
             f"{out_dir} already holds a probe run (metrics.json); choose a new --out, or pass --overwrite to replace it"
         )
     stores, resolved["splits"], notes = choose_splits(resolved)
+    if expect_store is not None:
+        check_store(expect_store, store_record(stores["train"]), "this probe config")
     for note in notes:
         log(note)
     if resolved["splits"]["valid"] is None and any(
@@ -649,7 +626,7 @@ def run_probe(
     # command resumes an interrupted run without training a finished bank again.
     units = _plan_units(resolved)
     fingerprint = _run_fingerprint(resolved, stores)
-    done = _load_units(out_dir, fingerprint, overwrite)
+    done = load_units(out_dir, fingerprint, overwrite)
     bar = _progress(len(units) * resolved["train"]["epochs"], progress and len(done) < len(units), metric)
     bank_list = []
     try:
@@ -661,7 +638,7 @@ def run_probe(
                 train_config = TrainConfig.from_dict({**resolved["train"], "data_seed": unit["data_seed"]})
                 bank = HeadBank(unit["specs"], train_config, multilabel=multilabel).fit(
                     train, valid, on_epoch=lambda epoch, fitted: _show(bar, fitted, metric))
-                _save_unit(out_dir, unit["name"], fingerprint, bank)
+                save_unit(out_dir, unit["name"], fingerprint, bank)
             bank_list.append((unit, bank))
     finally:
         bar.close()
@@ -696,9 +673,9 @@ def run_probe(
     report = ProbeReport(out_dir, resolved, results, dict(bank_list[0][1].data_paths_), sweep, None, notes)
     if test is not None:
         report.data_paths[test.split] = test.path
-    _write_run(report, bank_list, train.store)
+    write_run(report, bank_list, train.store)
     if resolved["predictions"] and test is not None:
-        _write_predictions(out_dir, test, predictions, multilabel)
+        write_test_predictions(out_dir, test, predictions, multilabel)
     shutil.rmtree(out_dir / UNITS_DIR, ignore_errors=True)  # the run is whole: its chosen heads are in weights/
     ledger_path = Path(ledger) if ledger is not None else out_dir.resolve().parent / "ledger.csv"
     append_ledger(ledger_path, ledger_rows(report, train.store))
@@ -763,7 +740,7 @@ def run_folds(
     # The config that re-runs the whole cross-validation: the first fold's, with the splits left to --folds.
     base = {**runs[0].config, "splits": {**defaults, "valid": defaults["valid"] if plan[0]["valid"] else None}}
     report = FoldsReport(out_dir, base, plan, runs, fold_summary(plan, runs), ledger_path)
-    _write_folds(report)
+    write_folds(report)
     return report
 
 
@@ -782,14 +759,14 @@ def _evaluate_chosen(head: dict, chosen: tuple[float, float], members: list, val
         if valid is not None:
             valid_metrics = bank.valid_metrics_[k]
             per_class["valid"].append(valid_metrics.get("per_class_ap"))
-            entry["valid"] = _scalars(valid_metrics)
+            entry["valid"] = scalars(valid_metrics)
         if test is not None and not diverged:
             seed_scores = bank.predict(test, which=[k])[0]
             if np.isfinite(seed_scores).all():
                 scores[seed] = seed_scores
                 test_metrics = split_metrics(test.labels, seed_scores, multilabel, test.recordings)
                 per_class["test"].append(test_metrics.get("per_class_ap"))
-                entry["test"] = _scalars(test_metrics)
+                entry["test"] = scalars(test_metrics)
             else:
                 entry["diverged"] = True
         per_seed.append(entry)
@@ -833,40 +810,6 @@ def _run_fingerprint(config: dict, stores: dict[str, TokenStore]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _load_units(out_dir: Path, fingerprint: str, overwrite: bool) -> dict[str, tuple[dict, dict]]:
-    """The finished units of an interrupted run with the same settings (name -> snapshot); none with overwrite."""
-    folder = out_dir / UNITS_DIR
-    if not folder.is_dir():
-        return {}
-    if overwrite:
-        shutil.rmtree(folder)
-        return {}
-    found = {}
-    for state_path in sorted(folder.glob("*.json")):
-        try:
-            state = json.loads(state_path.read_text())
-            tensors = load_file(str(state_path.with_suffix(".safetensors")))
-        except (OSError, ValueError, json.JSONDecodeError, SafetensorError) as error:
-            raise ConfigError(f"{state_path}: a saved unit of an interrupted run cannot be read ({error}); pass "
-                              "--overwrite to start the run again") from None
-        if state.get("fingerprint") != fingerprint:
-            raise ConfigError(f"{out_dir} holds an interrupted run made with other settings or another store "
-                              f"({state_path.name}); resume with the same command, or pass --overwrite to start over")
-        found[state_path.stem] = (tensors, state["bank"])
-    return found
-
-
-def _save_unit(out_dir: Path, name: str, fingerprint: str, bank: HeadBank) -> None:
-    """Write a trained bank atomically (weights, then the JSON that marks it done)."""
-    folder = out_dir / UNITS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors, state = bank.snapshot()
-    save_file(tensors, str(folder / f"{name}.safetensors"))
-    partial = folder / f"{name}.json.partial"
-    partial.write_text(json.dumps({"fingerprint": fingerprint, "bank": state}))
-    partial.replace(folder / f"{name}.json")
-
-
 def _progress(total: int, enabled: bool, metric: str):
     """A progress bar over epochs of every bank (heads x seeds share it) on a terminal, or a silent stand-in."""
     return tqdm(total=total, unit="epoch", desc="probe", disable=None if enabled else True, dynamic_ncols=True,
@@ -886,383 +829,3 @@ def _show(bar, bank: HeadBank, metric: str) -> None:
     bar.update(1)
 
 
-def _scalars(values: dict) -> dict:
-    # Counts (n_classes_scored, ...) stay ints; metric values become plain floats.
-    return {
-        key: int(value) if isinstance(value, (int, np.integer)) else float(value)
-        for key, value in values.items()
-        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    }
-
-
-# -- run directory ----------------------------------------------------------------------------------------
-def _write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> None:
-    columns = columns or list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _write_run(report: ProbeReport, bank_list: list, store: TokenStore) -> None:
-    run_dir = report.run_dir
-    (run_dir / "weights").mkdir(parents=True, exist_ok=True)
-    for stale in (run_dir / "weights").glob("*.safetensors"):  # an overwritten run must not keep old heads
-        stale.unlink()
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(report.config, sort_keys=False))
-    metrics = {
-        "store": report.config["store"],
-        "layer": report.config["layer"],
-        "task": report.config["task"],
-        "selection_metric": report.results[0].metric,
-        "splits": report.config["splits"],
-        "split_notes": report.split_notes,
-        "data_paths": report.data_paths,
-        "view": store.describe_view(),
-        "label_names": store.label_names,
-        "std": "sample standard deviation over seeds (ddof=1)",
-        "heads": [
-            {"head": r.name, "kind": r.kind, "lr": r.lr, "weight_decay": r.weight_decay, "options": r.options,
-             "num_parameters": r.num_parameters, "status": r.status, "valid": r.valid, "test": r.test,
-             "per_seed": [{key: value for key, value in e.items() if key not in ("index", "bank")}
-                          for e in r.per_seed]}
-            for r in report.results
-        ],
-    }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _write_csv(run_dir / "per_class_ap.csv", _per_class_rows(report, store))
-    _write_csv(run_dir / "sweep.csv", report.sweep)
-    curves = [{"bank_seed": unit["data_seed"], **row} for unit, bank in bank_list for row in bank.curves_]
-    _write_csv(run_dir / "curves.csv", curves)
-    for result in report.results:
-        for entry in result.per_seed:
-            _save_head(run_dir / "weights", result, entry["seed"], entry["bank"].heads_[entry["index"]])
-
-
-def _write_predictions(run_dir: Path, test: SplitData, scores: dict, multilabel: bool) -> None:
-    """predictions.csv: every test clip's scores per head and seed; confusion.csv for single-label data."""
-    store = test.store
-    predictions = Predictions(
-        clip_ids=store.clip_ids[test.indices], label_names=list(store.label_names), scores=scores, labels=test.labels,
-        recording_ids=store.recording_ids[test.indices] if store.is_windowed else None,
-    )
-    write_predictions(run_dir / "predictions.csv", predictions)
-    if not multilabel:
-        _write_csv(run_dir / "confusion.csv", confusion_rows(predictions))
-
-
-def _write_folds(report: FoldsReport) -> None:
-    run_dir = report.run_dir
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(report.config, sort_keys=False))
-    summary = {
-        "store": report.config["store"],
-        "layer": report.config["layer"],
-        "task": report.config["task"],
-        "selection_metric": report.runs[0].results[0].metric,
-        "protocol": "per fold k: test on fold k, choose lr/wd on the next fold (cyclically), train on the others"
-        if report.plan[0]["valid"] else "per fold k: test on fold k, train on the others (no validation fold)",
-        "std": "sample standard deviation over folds (ddof=1) of each fold's test metric (its mean over seeds)",
-        "plan": report.plan,
-        "heads": report.summary,
-    }
-    (run_dir / "folds.json").write_text(json.dumps(summary, indent=2))
-    _write_csv(run_dir / "folds.csv", fold_rows(report))
-
-
-def fold_rows(report: FoldsReport) -> list[dict]:
-    """folds.csv: per head one row per fold, then a 'mean' and a 'std' row over folds."""
-    rows = []
-    for head in report.summary:
-        prefix = {"head": head["head"], "kind": head["kind"], "metric": head["metric"]}
-        for fold, entry in zip(head["folds"], report.plan, strict=True):
-            rows.append({**prefix, "fold": fold["fold"], "train": split_label(entry["train"]),
-                         "valid": entry["valid"] or "", "test": entry["test"], "lr": fold["lr"],
-                         "weight_decay": fold["weight_decay"], "seeds": fold["seeds"],
-                         f"valid_{head['metric']}": "" if fold["valid"] is None else fold["valid"],
-                         **{f"test_{key}": value for key, value in fold["test"].items()}})
-        for statistic in ("mean", "std"):
-            rows.append({**prefix, "fold": statistic,
-                         **{f"test_{key}": value for key, value in head[f"test_{statistic}"].items()}})
-    return rows
-
-
-def _per_class_rows(report: ProbeReport, store: TokenStore) -> list[dict]:
-    rows = []
-    for result in report.results:
-        for role in ("valid", "test"):
-            arrays = [a for a in result.per_class[role] if a is not None]
-            if not arrays:
-                continue
-            stacked = np.asarray(arrays, dtype=np.float64)  # [seeds, C]
-            for c, label in enumerate(store.label_names):
-                rows.append({
-                    "head": result.name, "split": split_label(report.config["splits"][role]), "label": label,
-                    "ap": float(np.nanmean(stacked[:, c])) if not np.isnan(stacked[:, c]).all() else "",
-                    "ap_std": float(np.nanstd(stacked[:, c], ddof=1)) if len(arrays) > 1 and
-                    not np.isnan(stacked[:, c]).all() else 0.0,
-                })
-    return rows
-
-
-def _save_head(folder: Path, result: HeadResult, seed: int, head: torch.nn.Module) -> None:
-    metadata = {
-        "head": result.name, "config": json.dumps(head.config), "lr": repr(result.lr),
-        "weight_decay": repr(result.weight_decay), "seed": str(seed),
-    }
-    state = {key: value.detach().cpu().contiguous() for key, value in head.state_dict().items()}
-    save_file(state, str(folder / f"{result.name}_seed{seed}.safetensors"), metadata=metadata)
-    if hasattr(head, "packed_prototypes"):
-        packed = head.packed_prototypes()
-        save_file(
-            {"bits": torch.from_numpy(np.asarray(packed["bits"], dtype=np.uint8))},
-            str(folder / f"{result.name}_seed{seed}.prototypes_packed.safetensors"),
-            metadata={"shape": json.dumps(packed["shape"]), "encoding": packed["encoding"], **metadata},
-        )
-
-
-# -- ledger ---------------------------------------------------------------------------------------------
-def ledger_rows(report: ProbeReport, store: TokenStore) -> list[dict]:
-    """One ledger row per head and seed, with the store's provenance."""
-    encoder = store.provenance.get("encoder", {}) or {}
-    timestamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    train = report.config["train"]
-    rows = []
-    for result in report.results:
-        for entry in result.per_seed:
-            test = entry.get("test", {})
-            rows.append({
-                "timestamp": timestamp, "run_dir": str(report.run_dir), "store": str(report.config["store"]),
-                "encoder": encoder.get("name", store.provenance.get("source", "")),
-                "checkpoint_sha256": encoder.get("checkpoint_sha256") or "",
-                "layer": report.config["layer"], "task": report.config["task"], "head": result.name,
-                "kind": result.kind, "options": json.dumps(result.options, sort_keys=True), "lr": result.lr,
-                "weight_decay": result.weight_decay, "seed": entry["seed"], "epochs": train["epochs"],
-                "batch_size": train["batch_size"], "num_parameters": result.num_parameters, "metric": result.metric,
-                "valid": entry.get("valid", {}).get(result.metric, ""), "test": test.get(result.metric, ""),
-                **{f"test_{key}": test.get(key, "") for key in ("map", "micro_ap", "macro_auroc", "accuracy")},
-                "status": "diverged" if entry.get("diverged") else "ok",
-            })
-    return rows
-
-
-def append_ledger(path: Path, rows: list[dict]) -> None:
-    """Append rows to the ledger CSV (header on creation), under a file lock so parallel runs do not interleave."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", newline="") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        header = handle.readline().strip()
-        older = [column for column in LEDGER_COLUMNS if column not in LEDGER_ADDED]
-        if header and header.split(",") == older:
-            _add_ledger_columns(handle)
-            header = ",".join(LEDGER_COLUMNS)
-        if header and header.split(",") != LEDGER_COLUMNS:
-            raise StoreError(
-                f"{path}: this ledger has columns {header.split(',')[:6]}... not embedcache's {LEDGER_COLUMNS[:6]}...; "
-                "pass a new --ledger path"
-            )
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=LEDGER_COLUMNS)
-        if not header:
-            writer.writeheader()
-        writer.writerows(rows)
-        handle.seek(0, io.SEEK_END)
-        handle.write(buffer.getvalue())
-
-
-def _add_ledger_columns(handle) -> None:
-    """Rewrite an older ledger (held open and locked) with the columns added since, empty in its rows."""
-    handle.seek(0)
-    rows = list(csv.reader(handle))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(LEDGER_COLUMNS)
-    writer.writerows(row + [""] * len(LEDGER_ADDED) for row in rows[1:] if row)
-    handle.seek(0)
-    handle.truncate()
-    handle.write(buffer.getvalue())
-
-
-# Ledger columns read as numbers: column -> "float" (finite), "int", "metric" (a number, NaN or empty), "layer" (int
-# or empty). A hand-edited row that breaks them is left out, never averaged into a table.
-LEDGER_NUMBERS = {
-    "lr": "float", "weight_decay": "float", "seed": "int", "epochs": "int", "batch_size": "int",
-    "num_parameters": "int", "layer": "layer", "valid": "metric", "test": "metric", "test_map": "metric",
-    "test_micro_ap": "metric", "test_macro_auroc": "metric", "test_accuracy": "metric",
-}
-LEDGER_WARNINGS_SHOWN = 20
-
-
-def _ledger_value_problem(column: str, text: str) -> str | None:
-    kind = LEDGER_NUMBERS[column]
-    if text == "" and kind in ("metric", "layer"):
-        return None
-    shown = repr(text[:40] + ("..." if len(text) > 40 else ""))
-    if kind in ("int", "layer"):
-        try:
-            int(text)
-        except ValueError:
-            return f"{column} {shown} is not a whole number"
-        return None
-    try:
-        number = float(text)
-    except ValueError:
-        return f"{column} {shown} is not a number"
-    if kind == "float" and not np.isfinite(number):
-        return f"{column} {shown} is not a number"
-    return None
-
-
-def read_ledger(path: str | Path, log: Callable[[str], None] = print) -> list[dict]:
-    """The ledger's rows as dicts of strings (embedcache's columns, in order).
-
-    A hand-edited ledger is expected: a row with a field that is not a number where one belongs, or with too few or
-    too many fields, is left out with one `log` line naming its line; extra columns are ignored with one line. A file
-    that is not a ledger at all (missing columns, not UTF-8, not CSV) is a ConfigError.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no results ledger there (a probe run appends to <out>/../ledger.csv)")
-    rows, skipped = [], 0
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if not header:
-                raise ConfigError(f"{path}: empty: no header row; a results ledger starts with "
-                                  f"{','.join(LEDGER_COLUMNS[:3])},... (pass the ledger.csv a probe run wrote)")
-            missing = [column for column in LEDGER_COLUMNS if column not in header and column not in LEDGER_ADDED]
-            if missing:
-                raise ConfigError(f"{path}: not an embedcache results ledger: missing column(s) {missing[:6]}"
-                                  f"{'...' if len(missing) > 6 else ''}; pass the ledger.csv a probe run wrote")
-            repeated = sorted({column for column in header if header.count(column) > 1})
-            if repeated:
-                raise ConfigError(f"{path}: column(s) {repeated[:6]} appear twice in the header; remove the copies")
-            extra = [column[:40] for column in header if column not in LEDGER_COLUMNS]
-            if extra:
-                log(f"{path}: column(s) {extra[:6]}{'...' if len(extra) > 6 else ''} are not embedcache's; ignored")
-            for values in reader:
-                if not values:
-                    continue  # a blank line
-                problem = None
-                if len(values) != len(header):
-                    problem = (f"{len(values)} fields, the header has {len(header)} (a truncated or hand-edited "
-                               "row)")
-                else:
-                    row = dict(zip(header, values))
-                    problem = next(filter(None, (_ledger_value_problem(c, row[c]) for c in LEDGER_NUMBERS)), None)
-                if problem:
-                    skipped += 1
-                    if skipped <= LEDGER_WARNINGS_SHOWN:
-                        log(f"{path} line {reader.line_num}: {problem}; row skipped")
-                    continue
-                rows.append({column: row.get(column, "") for column in LEDGER_COLUMNS})
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); pass the ledger.csv a probe run "
-                          "wrote") from None
-    except csv.Error as error:  # a field over csv's size limit, a stray quote, ...
-        raise ConfigError(f"{path} line {reader.line_num}: not readable as CSV ({error}); fix or remove that "
-                          "line") from None
-    if skipped > LEDGER_WARNINGS_SHOWN:
-        log(f"{path}: {skipped - LEDGER_WARNINGS_SHOWN} more row(s) skipped")
-    return rows
-
-
-# -- tables ---------------------------------------------------------------------------------------------
-def _fmt(mean: float | None, std: float | None) -> str:
-    if mean is None or (isinstance(mean, float) and np.isnan(mean)):
-        return "-"
-    return f"{100 * mean:6.2f} ± {100 * (std or 0.0):.2f}"
-
-
-def _render_table(header: list[str], lines: list[list[str]]) -> str:
-    """Left-aligned columns under a header and a rule of dashes."""
-    widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header))]
-    render = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *lines]]
-    render.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(render)
-
-
-def _rows_from_ledger(rows: list[dict]) -> list[dict]:
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        # One line per run and head configuration: a run's seeds are averaged, separate runs stay apart.
-        key = (row["run_dir"], row["store"], row["layer"], row["head"], row["kind"], row["options"], row["lr"],
-               row["weight_decay"], row["metric"])
-        groups.setdefault(key, []).append(row)
-    table = []
-    for (run_dir, store, layer, head, kind, _, lr, wd, metric), members in groups.items():
-        def stats(column: str, members: list[dict] = members) -> tuple[float | None, float | None]:
-            values = np.array([float(m[column]) for m in members if m.get(column) not in ("", None)])
-            if not len(values):
-                return None, None
-            return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-        table.append({
-            "run": Path(run_dir).name, "store": Path(store).name, "layer": layer, "head": head, "kind": kind,
-            "lr": float(lr), "weight_decay": float(wd), "params": int(members[0]["num_parameters"]),
-            "seeds": len(members), "metric": metric, "valid": stats("valid"), "test": stats("test"),
-            "test_map": stats("test_map"),
-        })
-    return table
-
-
-def _rows_from_report(report: ProbeReport) -> list[dict]:
-    rows = []
-    for r in report.results:
-        rows.append({
-            "store": Path(report.config["store"]).name, "layer": report.config["layer"], "head": r.name,
-            "kind": r.kind, "lr": r.lr, "weight_decay": r.weight_decay, "params": r.num_parameters,
-            "seeds": len(r.per_seed), "metric": r.metric,
-            "valid": (r.valid.get(r.metric), r.valid.get(f"{r.metric}_std")),
-            "test": (r.test.get(r.metric), r.test.get(f"{r.metric}_std")),
-            "test_map": (r.test.get("map"), r.test.get("map_std")),
-            "test_recording_map": (r.test.get("recording_map"), r.test.get("recording_map_std")),
-            "status": r.status,
-        })
-    return rows
-
-
-def format_comparison_table(report_or_rows: ProbeReport | Sequence[dict]) -> str:
-    """A text table, one line per head configuration: mAP (and the selection metric) as mean ± std over seeds, in %."""
-    rows = (_rows_from_report(report_or_rows) if isinstance(report_or_rows, ProbeReport)
-            else _rows_from_ledger(list(report_or_rows)))
-    if not rows:
-        return "(no results)"
-    multi_store = len({row["store"] for row in rows}) > 1
-    prefix_columns = (["run"] if "run" in rows[0] else []) + (["store"] if multi_store else [])
-    header = prefix_columns + [
-        "head", "kind", "layer", "lr", "wd", "params", "seeds", "valid", "test mAP (%)", "test metric (%)"]
-    # Stores of windows: the recording-level mAP (window scores max-pooled per recording) gets its own column.
-    recordings = any(row.get("test_recording_map", (None,))[0] is not None for row in rows)
-    if recordings:
-        header.append("test recording mAP (%)")
-    lines = []
-    for row in rows:
-        metric_cell = f"{row['metric']} {_fmt(*row['test'])}" if row["metric"] != "map" else "-"
-        valid_cell = f"{row['metric']} {_fmt(*row['valid'])}"
-        test_cell = _fmt(*row["test_map"])
-        if row.get("status", "ok") != "ok":  # diverged seeds are left out of the means, and said so
-            test_cell = row["status"] if test_cell == "-" else f"{test_cell} ({row['status']})"
-        lines.append([row[column] for column in prefix_columns] + [
-            row["head"], row["kind"], str(row["layer"]), f"{row['lr']:g}", f"{row['weight_decay']:g}",
-            f"{row['params']:,}", str(row["seeds"]), valid_cell, test_cell, metric_cell,
-        ] + ([_fmt(*row["test_recording_map"])] if recordings else []))
-    return _render_table(header, lines)
-
-
-def format_folds_table(report: FoldsReport) -> str:
-    """Per head: the test metric of every fold and mean ± std over folds, in %."""
-    folds = [entry["fold"] for entry in report.plan]
-    metric = report.summary[0]["metric"]
-    header = ["head", "kind", *folds, f"test {metric} (%) mean ± std"]
-    if metric != "map":
-        header.append("test mAP (%) mean ± std")
-    lines = []
-    for head in report.summary:
-        cells = [head["head"], head["kind"], *(f"{100 * fold['test'][metric]:.2f}" for fold in head["folds"]),
-                 _fmt(head["test_mean"][metric], head["test_std"][metric])]
-        if metric != "map":
-            cells.append(_fmt(head["test_mean"].get("map"), head["test_std"].get("map")))
-        lines.append(cells)
-    return _render_table(header, lines)

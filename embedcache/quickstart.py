@@ -67,7 +67,8 @@ def run_quickstart(
         f"{report.clips_per_second:.1f} clips/s on {report.device})")
     table = None
     if probes:
-        from embedcache.probe import format_comparison_table, run_probe
+        from embedcache.probe import run_probe
+        from embedcache.results import format_comparison_table
 
         probe_report = run_probe(str(store), list(probes), Path(out_dir) / f"probes-{encoder}", seeds=seeds,
                                  ledger=Path(out_dir) / "ledger.csv", overwrite=True)

@@ -18,7 +18,6 @@ import csv
 import json
 import math
 import os
-import re
 import socket
 import time
 import warnings
@@ -34,29 +33,29 @@ from optuna.trial import FrozenTrial, TrialState
 
 from embedcache.errors import ConfigError
 from embedcache.probe import (
-    ProbeReport,
     absolute_url,
+    check_store,
     choose_splits,
-    format_comparison_table,
     open_data,
     resolve_config,
     run_probe,
+    store_record,
 )
+from embedcache.results import ProbeReport, format_comparison_table
 from embedcache.settings import settings_from_dict
 from embedcache.store import TokenStore
 from embedcache.train import HeadBank, HeadSpec, TrainConfig, selection_metric
 
 PARAMS = ("lr", "weight_decay")
 STUDY_ATTR = "embedcache_sweep"
+# The store a study was made on ({"fingerprint", "subset"}), a user attribute of the study.
+STORE_ATTR = "embedcache_store"
 # Settings that change a trial's result: workers joining one study must agree on them.
 TRAIN_FIELDS_THAT_MATTER = (
     "epochs", "batch_size", "warmup_epochs", "loss", "loss_options", "shuffle_window_chunks", "window_in_memory",
     "amp", "eval_every",
 )
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-# The store a study or best.yaml was made on ({"fingerprint", "subset"}): a study's user attribute, a best.yaml line.
-STORE_ATTR = "embedcache_store"
-STORE_LINE = re.compile(r"^# embedcache-store: (\{.*\})\s*$", re.MULTILINE)
 WARNINGS_ATTR = "embedcache_warnings"
 
 
@@ -282,33 +281,6 @@ def _fingerprint_diff(stored: dict, ours: dict, prefix: str = "") -> list[str]:
         elif a != b:
             diffs.append(f"{prefix}{key}: study has {a!r}, this worker {b!r}")
     return diffs
-
-
-def store_record(store: TokenStore) -> dict:
-    """What a study and best.yaml keep of the store they were made on: its fingerprint and subset (describe_view)."""
-    view = store.describe_view()
-    return {"store": view["store"], "fingerprint": view["fingerprint"], "subset": view["subset"]}
-
-
-def check_store(recorded: dict, ours: dict, what: str) -> None:
-    """Refuse a study or best.yaml (`what`) made on a store with another fingerprint or subset than `ours`."""
-    if (recorded.get("fingerprint"), recorded.get("subset")) == (ours["fingerprint"], ours["subset"]):
-        return
-
-    def shown(record: dict) -> str:
-        return f"fingerprint {record.get('fingerprint') or '(none)'} (subset {json.dumps(record.get('subset'))})"
-
-    raise ConfigError(
-        f"{what} was made on store {shown(recorded)}, but {ours['store']} has {shown(ours)}; the store or the subset "
-        "changed (e.g. by embedcache append), so its trials do not hold here: sweep this store in a new study "
-        "(another --study or --out), or use the store it was made on"
-    )
-
-
-def read_store_record(config_path: str | Path) -> dict | None:
-    """The store a best.yaml was chosen on (its `# embedcache-store:` line), or None for another probe config."""
-    match = STORE_LINE.search(Path(config_path).read_text())
-    return json.loads(match.group(1)) if match else None
 
 
 def open_study(storage_url: str, study_name: str, fingerprint: dict, sampler: optuna.samplers.BaseSampler,

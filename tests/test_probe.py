@@ -17,16 +17,8 @@ from safetensors.torch import load_file
 
 from embedcache.errors import ConfigError, StoreError
 from embedcache.heads import unpack_prototypes
-from embedcache.probe import (
-    DEFAULT_CONFIG,
-    LEDGER_COLUMNS,
-    append_ledger,
-    format_comparison_table,
-    load_config,
-    read_ledger,
-    resolve_config,
-    run_probe,
-)
+from embedcache.probe import DEFAULT_CONFIG, load_config, resolve_config, run_probe
+from embedcache.results import LEDGER_COLUMNS, append_ledger, format_comparison_table, read_ledger
 from embedcache.store import write_store
 from embedcache_cli.main import main
 

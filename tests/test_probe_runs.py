@@ -18,7 +18,8 @@ from test_train import make_store
 
 from embedcache import heads as head_registry
 from embedcache.errors import ConfigError
-from embedcache.probe import apply_overrides, read_ledger, resolve_config, run_probe
+from embedcache.probe import apply_overrides, resolve_config, run_probe
+from embedcache.results import read_ledger
 from embedcache_cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -168,7 +169,7 @@ def test_predict_on_new_audio_extracts_it_with_the_stores_encoder(tmp_path, tiny
 
 
 def test_an_older_ledger_gains_the_status_column_when_a_run_appends(tmp_path):
-    from embedcache.probe import LEDGER_ADDED, LEDGER_COLUMNS
+    from embedcache.results import LEDGER_ADDED, LEDGER_COLUMNS
 
     make_store(tmp_path / "s.zarr")
     older = [column for column in LEDGER_COLUMNS if column not in LEDGER_ADDED]
@@ -199,3 +200,16 @@ def test_probe_config_is_typed_and_round_trips_through_config_yaml(tmp_path):
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert ProbeConfig.from_dict(saved) == ProbeConfig.from_dict(report.config)
     assert ProbeConfig.from_dict(saved).heads == config.heads
+
+
+def test_a_config_chosen_on_another_store_is_refused(tmp_path):
+    make_store(tmp_path / "s.zarr")
+    config = tmp_path / "best.yaml"
+    config.write_text('# embedcache-store: {"store": "x", "fingerprint": "0123", "subset": null}\n'
+                      "heads: [linear]\ngrid: {lr: [0.01], weight_decay: [0.0001]}\n"
+                      "train: {epochs: 1, batch_size: 8, device: cpu}\n")
+    result = CliRunner().invoke(main, ["probe", str(tmp_path / "s.zarr"), "--config", str(config), "--out",
+                                       str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "this probe config was made on store fingerprint 0123 (subset null), but" in result.output
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -280,7 +280,7 @@ def test_report_figures_share_one_scale_across_clips_and_cover_the_classes(scope
 
 
 def test_a_ledger_with_two_stores_and_a_subset_gives_three_scoped_tables(scoped_runs, tmp_path):
-    from embedcache.probe import read_ledger
+    from embedcache.results import read_ledger
 
     tables = head_tables(read_ledger(scoped_runs / "ledger.csv"))
     assert len(tables) == 3

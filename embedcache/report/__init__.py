@@ -18,7 +18,6 @@ import numpy as np
 import yaml
 
 from embedcache.errors import ConfigError
-from embedcache.probe import read_ledger
 from embedcache.report import figures
 from embedcache.report.evidence import (
     PROTOTYPE_KINDS,
@@ -31,6 +30,7 @@ from embedcache.report.evidence import (
 )
 from embedcache.report.page import Section, head_table_html, render_page
 from embedcache.report.tables import head_tables, per_class_ap, read_csv, sweep_trials
+from embedcache.results import read_ledger
 from embedcache.store import TokenStore
 
 __all__ = ["ReportResult", "ReportSources", "build_report", "find_sources"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from embedcache.errors import ConfigError, EmbedcacheError
-from embedcache.probe import split_label
+from embedcache.results import split_label
 from embedcache.store import TokenStore
 
 METRIC_NAMES = {"map": "mAP", "accuracy": "accuracy"}
