@@ -549,13 +549,20 @@ def fold_plan(folds: Sequence[str], validation: bool = True) -> list[dict]:
     return plan
 
 
+def head_grid(head: dict) -> list[tuple[float, float]]:
+    """A resolved head's (lr, weight decay) configurations; one (the first) for a head that takes no optimiser
+    (knn, logreg): it ignores both, so the grid must not multiply it."""
+    if not head_registry.uses_optimiser(head["kind"]):
+        return [(head["lr"][0], head["weight_decay"][0])]
+    return [(lr, weight_decay) for lr in head["lr"] for weight_decay in head["weight_decay"]]
+
+
 def _bank_specs(config: dict, seed: int) -> tuple[list[HeadSpec], list[str]]:
     specs, names = [], []
     for head in config["heads"]:
-        for lr in head["lr"]:
-            for weight_decay in head["weight_decay"]:
-                specs.append(HeadSpec(head["kind"], lr, weight_decay, seed, dict(head["options"])))
-                names.append(head["name"])
+        for lr, weight_decay in head_grid(head):
+            specs.append(HeadSpec(head["kind"], lr, weight_decay, seed, dict(head["options"])))
+            names.append(head["name"])
     return specs, names
 
 
@@ -604,7 +611,7 @@ def run_probe(
     for note in notes:
         log(note)
     if resolved["splits"]["valid"] is None and any(
-        len(h["lr"]) * len(h["weight_decay"]) > 1 for h in resolved["heads"]
+        len(head_grid(h)) > 1 for h in resolved["heads"]
     ):
         raise ConfigError(
             "splits.valid is null but the grid has several configurations: name a validation split (splits.valid in "
@@ -651,7 +658,7 @@ def run_probe(
     # Phase 2: per named head, the (lr, wd) with the best mean validation metric over seeds; test it once per seed.
     results, predictions = [], {}
     for head in resolved["heads"]:
-        candidates = [(lr, wd) for lr in head["lr"] for wd in head["weight_decay"]]
+        candidates = head_grid(head)
 
         def mean_valid(candidate: tuple[float, float], name: str = head["name"]) -> float:
             values = [row[f"valid_{metric}"] for row in sweep if row["head"] == name
@@ -720,7 +727,7 @@ def run_folds(
             "cross-validation needs at least 2 splits named fold1, fold2, ... (or fold_0, ...)"
         )
     plan = fold_plan(folds, validation=resolved["splits"]["valid"] is not None)
-    if plan[0]["valid"] is None and any(len(h["lr"]) * len(h["weight_decay"]) > 1 for h in resolved["heads"]):
+    if plan[0]["valid"] is None and any(len(head_grid(h)) > 1 for h in resolved["heads"]):
         raise ConfigError(
             f"--folds without a validation fold ({len(folds)} folds, or splits.valid: null) cannot choose among "
             "several lr/weight decay values: give one lr and one weight decay"

@@ -233,6 +233,8 @@ class HeadBank:
         on_validation(epoch, {head index: metrics}) runs after each validation pass and returns heads to stop (a
         sweep's pruner): a stopped head trains no further and keeps the metrics of its last pass (stopped_).
         on_epoch(epoch, bank) runs after every epoch (progress display).
+        A head with no optimiser parameters (uses_optimiser False: knn, logreg) is fitted once before the loop by its
+        `fit_data` and scored on `valid` then; it takes no part in the optimiser or the summed loss and has no curves.
         """
         config = self.config
         self._build(train)
@@ -253,11 +255,14 @@ class HeadBank:
         self.stopped_: set[int] = set()
         self.diverged_: set[int] = set()
         metric = selection_metric(self.multilabel_)
+        # Heads with no optimiser parameters (knn, logreg) are fitted once here and take no part in the loop.
+        trained = [k for k, head in enumerate(self.heads_) if head.uses_optimiser]
+        self._fit_data([k for k in range(len(self.heads_)) if k not in trained], train, valid)
         batches = train.epoch_batches(config.batch_size, config.data_seed, range(config.epochs))
         for epoch, epoch_batches in itertools.groupby(batches, key=lambda item: item[0]):
-            if len(self.stopped_ | self.diverged_) == len(self.heads_):
+            active = [k for k in trained if k not in self.stopped_ | self.diverged_]
+            if not active:
                 break
-            active = [k for k in range(len(self.heads_)) if k not in self.stopped_ | self.diverged_]
             started = time.perf_counter()
             for head in self.heads_:
                 head.train()
@@ -305,6 +310,30 @@ class HeadBank:
             if on_epoch is not None:
                 on_epoch(epoch + 1, self)
         return self
+
+    def _fit_data(self, which: Sequence[int], train: SplitData, valid: SplitData | None) -> None:
+        """Fit the heads that take no optimiser (`which`) from whole splits, then score them on `valid` as the
+        others are scored; heads reading the same input share one pooled pass over each split."""
+        inputs: dict = {}
+
+        def labelled(data: SplitData, k: int) -> head_registry.LabelledSplit:
+            key = data.split
+            if key not in inputs:
+                def batches():
+                    for raw in data.batches(self.config.batch_size):
+                        yield raw.positions, _token_batch(raw)
+
+                inputs[key] = head_registry.LabelledSplit(batches, data.labels, self.multilabel_)
+            return inputs[key]
+
+        for k in which:
+            self.heads_[k].fit_data(labelled(train, k), None if valid is None else labelled(valid, k))
+        if valid is None or not which:
+            return
+        finite = {k: s for k, s in zip(which, self.predict(valid, which=which)) if np.isfinite(s).all()}
+        self._mark_diverged([k for k in which if k not in finite], 0, "validation scores")
+        for k, scores in finite.items():
+            self.valid_metrics_[k] = split_metrics(valid.labels, scores, self.multilabel_, valid.recordings)
 
     def snapshot(self) -> tuple[dict[str, torch.Tensor], dict]:
         """A fitted bank as (tensors `<head>.<name>`, JSON-able state): what `restore` needs to predict and report."""

@@ -51,6 +51,15 @@ MIXED_BANK = [
     # A second dropout head: both draw dropout masks, so a shared global RNG would couple them.
     HeadSpec("mlp", lr=1e-3, weight_decay=1e-4, seed=5, options={"hidden": 8, "dropout": 0.5}),
 ]
+# The heads of issue 13: three trained by the bank's AdamW, two fitted from whole splits with no optimiser.
+NEW_HEADS = [
+    HeadSpec("ep", lr=1e-2, weight_decay=1e-4, seed=6, options={"num_queries": 4}),
+    HeadSpec("simpool", lr=3e-3, weight_decay=1e-3, seed=7),
+    HeadSpec("simpool", lr=1e-2, weight_decay=0.0, seed=8, options={"projections": False, "gamma": 1.25}),
+    HeadSpec("abmilp", lr=1e-2, weight_decay=1e-4, seed=9, options={"hidden": 8}),
+    HeadSpec("knn", options={"k": 5}),
+    HeadSpec("logreg", options={"c_steps": 3}),
+]
 FAST = TrainConfig(epochs=3, batch_size=8, warmup_epochs=0.5, device="cpu")
 
 
@@ -94,15 +103,21 @@ def test_warmup_cosine_schedule_values():
 def test_bank_of_mixed_heads_equals_each_head_trained_alone(tmp_path):
     store = make_store(tmp_path / "s.zarr")
     train, valid = SplitData(store, "train"), SplitData(store, "valid")
-    bank = HeadBank(MIXED_BANK, FAST).fit(train, valid)
-    for k, spec in enumerate(MIXED_BANK):
+    specs = MIXED_BANK + NEW_HEADS
+    bank = HeadBank(specs, FAST).fit(train, valid)
+    trained = [k for k, head in enumerate(bank.heads_) if head.uses_optimiser]  # knn and logreg are fitted
+    assert len(trained) == len(specs) - 2
+    for k, spec in enumerate(specs):
         alone = HeadBank([spec], FAST).fit(train, valid)
         assert_same_state(state(alone.heads_[0]), state(bank.heads_[k]))
-        assert alone.curves_[-1]["train_loss"] == bank.curves_[len(MIXED_BANK) * 2 + k]["train_loss"]
+        if k in trained:
+            assert alone.curves_[-1]["train_loss"] == bank.curves_[len(trained) * 2 + trained.index(k)]["train_loss"]
+        else:
+            assert alone.curves_ == []
         assert alone.valid_metrics_[0]["map"] == bank.valid_metrics_[k]["map"]
-    # And the bank really trained: the losses fell and the curves have one row per head and epoch.
-    assert len(bank.curves_) == len(MIXED_BANK) * FAST.epochs
-    first, last = bank.curves_[0]["train_loss"], bank.curves_[-len(MIXED_BANK)]["train_loss"]
+    # And the bank really trained: the losses fell and the curves have one row per trained head and epoch.
+    assert len(bank.curves_) == len(trained) * FAST.epochs
+    first, last = bank.curves_[0]["train_loss"], bank.curves_[-len(trained)]["train_loss"]
     assert last < first
 
 

@@ -1,13 +1,18 @@
-"""Probe heads on cached tokens, created by name: linear, mlp, attentive, proto, protofloat, protobin."""
+"""Probe heads on cached tokens, created by name: linear, mlp, attentive, ep, simpool, abmilp, proto, protofloat,
+protobin, and knn and logreg (fitted from whole splits, no optimiser)."""
 
 from __future__ import annotations
 
 import inspect
 
 from embedcache.errors import ConfigError
+from embedcache.heads.abmilp import ABMILPHead
 from embedcache.heads.attentive import AttentiveHead
 from embedcache.heads.base import ProbeHead, TokenBatch, masked_max
-from embedcache.heads.pooled import POOLINGS, LinearHead, MLPHead
+from embedcache.heads.ep import EfficientProbingHead
+from embedcache.heads.knn import KNNHead
+from embedcache.heads.logreg import LogRegHead
+from embedcache.heads.pooled import POOLINGS, LabelledSplit, LinearHead, MLPHead
 from embedcache.heads.prototype import (
     ProtoBinHead,
     ProtoFloatHead,
@@ -15,32 +20,45 @@ from embedcache.heads.prototype import (
     default_prototypes_per_class,
     unpack_prototypes,
 )
+from embedcache.heads.simpool import SimPoolHead
 
 __all__ = [
     "HEAD_KINDS",
     "POOLINGS",
+    "ABMILPHead",
     "AttentiveHead",
+    "EfficientProbingHead",
+    "KNNHead",
+    "LabelledSplit",
     "LinearHead",
+    "LogRegHead",
     "MLPHead",
     "ProbeHead",
     "ProtoBinHead",
     "ProtoFloatHead",
     "ProtoHead",
+    "SimPoolHead",
     "TokenBatch",
     "create",
     "default_prototypes_per_class",
     "head_options",
     "masked_max",
     "unpack_prototypes",
+    "uses_optimiser",
 ]
 
 _CLASSES: dict[str, type[ProbeHead]] = {
     "linear": LinearHead,
     "mlp": MLPHead,
     "attentive": AttentiveHead,
+    "ep": EfficientProbingHead,
+    "simpool": SimPoolHead,
+    "abmilp": ABMILPHead,
     "proto": ProtoHead,
     "protofloat": ProtoFloatHead,
     "protobin": ProtoBinHead,
+    "knn": KNNHead,
+    "logreg": LogRegHead,
 }
 HEAD_KINDS = tuple(_CLASSES)
 
@@ -52,6 +70,11 @@ def head_options(kind: str) -> dict:
     head_class = _head_class(kind)
     parameters = inspect.signature(head_class.__init__).parameters
     return {name: p.default for name, p in parameters.items() if name not in _STRUCTURAL}
+
+
+def uses_optimiser(kind: str) -> bool:
+    """False for a head fitted from whole splits with no optimiser (knn, logreg): it ignores lr and weight decay."""
+    return _head_class(kind).uses_optimiser
 
 
 def create(kind: str, num_classes: int, embed_dim: int, has_prefix: bool = False, **options) -> ProbeHead:

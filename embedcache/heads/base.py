@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import abc
+import itertools
 import math
 from functools import cached_property
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
 from embedcache.errors import ConfigError
+
+if TYPE_CHECKING:
+    from embedcache.heads.pooled import LabelledSplit
 
 
 class TokenBatch:
@@ -92,6 +97,9 @@ class ProbeHead(nn.Module, metaclass=abc.ABCMeta):
     """Base class: `forward(batch) -> logits [B, C]`, plus the plain-data config that rebuilds the head."""
 
     kind: str = "head"
+    # False: the head has no optimiser parameters (knn, logreg). HeadBank then calls `fit_data` once instead of
+    # training it by SGD, leaves it out of the optimiser and the summed loss, and its lr and weight decay mean nothing.
+    uses_optimiser: ClassVar[bool] = True
 
     def __init__(self, num_classes: int, embed_dim: int, has_prefix: bool = False):
         super().__init__()
@@ -121,8 +129,15 @@ class ProbeHead(nn.Module, metaclass=abc.ABCMeta):
 
     def auxiliary_loss(self) -> torch.Tensor:
         """A scalar added to the task loss; zero unless the head has a regulariser of its own."""
-        reference = next(self.parameters())
+        reference = next(itertools.chain(self.parameters(), self.buffers()))  # knn, logreg: buffers only
         return reference.new_zeros(())
+
+    def fit_data(self, train: LabelledSplit, valid: LabelledSplit | None) -> None:
+        """Fit a head that takes no optimiser from whole splits (valid: to choose its own settings, or None).
+
+        Its fitted state must live in registered buffers, so that state_dict / load_state_dict carry it.
+        """
+        raise NotImplementedError(f"{self.kind} head is trained by gradient descent; HeadBank does not call fit_data")
 
     def num_parameters(self) -> int:
         """Number of trainable parameter values."""

@@ -1,7 +1,12 @@
-"""Heads on one pooled vector per clip: `linear` and `mlp` over the cls token, mean, max or mean+max of the tokens."""
+"""Heads on one pooled vector per clip: `linear` and `mlp` over the cls token, mean, max or mean+max of the tokens;
+and the whole split's pooled vectors that the heads fitted without gradients (knn, logreg) read."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -42,6 +47,33 @@ def pool(batch: TokenBatch, pooling: str) -> torch.Tensor:
     if pooling == "meanmax":
         return torch.cat([batch.mean, batch.max], dim=-1)
     raise ConfigError(f"pooling={pooling!r} is not known: choose one of {', '.join(POOLINGS[1:])}")
+
+
+@dataclass
+class LabelledSplit:
+    """One whole split as a head fitted without gradients reads it; HeadBank builds it from a SplitData.
+
+    batches: a fresh pass over the split, yielding (positions [n] into the split, TokenBatch);
+    labels: [N, C] uint8 targets in split order; multilabel: the task (sigmoid per class, or softmax).
+    """
+
+    batches: Callable[[], Iterable[tuple[np.ndarray, TokenBatch]]]
+    labels: np.ndarray
+    multilabel: bool
+    _pooled: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def pooled(self, pooling: str) -> np.ndarray:
+        """Every clip's pooled vector [N, D] (float32, split order), read once per pooling and shared by heads."""
+        if pooling not in self._pooled:
+            features = None
+            with torch.no_grad():
+                for positions, batch in self.batches():
+                    values = pool(batch, pooling).float().cpu().numpy()
+                    if features is None:
+                        features = np.zeros((len(self.labels), values.shape[1]), dtype=np.float32)
+                    features[positions] = values
+            self._pooled[pooling] = features
+        return self._pooled[pooling]
 
 
 class LinearHead(ProbeHead):

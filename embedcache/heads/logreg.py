@@ -1,0 +1,171 @@
+"""`logreg`: L2-regularised logistic regression on standardised pooled vectors, fitted by scikit-learn (lbfgs) with C
+chosen on validation; fitted, not trained by the bank."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from embedcache.errors import ConfigError
+from embedcache.heads.base import ProbeHead, TokenBatch
+from embedcache.heads.pooled import LabelledSplit, pool, pooled_width, resolve_pooling
+
+# The logit magnitude of a class the training split gives no choice about (always or never present): its score is
+# 0 or 1 to float precision, where scikit-learn refuses to fit a model with one class.
+CERTAIN = 1e4
+
+
+def c_grid(c_min: float, c_max: float, c_steps: int) -> list[float]:
+    """c_steps log-spaced values of C from c_min to c_max (one value, c_min, when c_steps is 1)."""
+    if c_steps == 1:
+        return [float(c_min)]
+    return [float(c) for c in np.logspace(math.log10(c_min), math.log10(c_max), c_steps)]
+
+
+def fit_logistic(features: np.ndarray, labels: np.ndarray, multilabel: bool, c: float,
+                 max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """(coef [C, D], intercept [C]) of LogisticRegression(C=c, lbfgs) on standardised features [N, D]: one binary
+    model per class (multi-label), or one multinomial model over the classes present (multi-class)."""
+    from sklearn.linear_model import LogisticRegression
+
+    num_classes = labels.shape[1]
+    coef = np.zeros((num_classes, features.shape[1]))
+    intercept = np.full(num_classes, -CERTAIN)
+    if multilabel:
+        for c_index in range(num_classes):
+            target = labels[:, c_index]
+            if target.min() == target.max():
+                intercept[c_index] = CERTAIN if target[0] else -CERTAIN
+                continue
+            model = LogisticRegression(C=c, max_iter=max_iter).fit(features, target)
+            coef[c_index], intercept[c_index] = model.coef_[0], model.intercept_[0]
+        return coef, intercept
+    target = labels.argmax(axis=1)
+    present = np.unique(target)
+    if len(present) == 1:
+        intercept[present[0]] = CERTAIN
+        return coef, intercept
+    model = LogisticRegression(C=c, max_iter=max_iter).fit(features, target)
+    if len(present) == 2:  # one coefficient row: P(second) = sigmoid(z) = softmax([0, z])[1]
+        coef[present[0]], intercept[present[0]] = 0.0, 0.0
+        coef[present[1]], intercept[present[1]] = model.coef_[0], model.intercept_[0]
+    else:
+        coef[model.classes_], intercept[model.classes_] = model.coef_, model.intercept_
+    return coef, intercept
+
+
+def logistic_scores(features: np.ndarray, coef: np.ndarray, intercept: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Scores [N, C] of standardised features: sigmoid per class, or softmax over the classes."""
+    logits = features @ coef.T + intercept
+    if multilabel:
+        return 1.0 / (1.0 + np.exp(-logits))
+    logits = logits - logits.max(axis=1, keepdims=True)
+    return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+
+class LogRegHead(ProbeHead):
+    """L2-regularised logistic regression on frozen, pooled features, fitted by scikit-learn's lbfgs with the
+    regularisation chosen on validation, as CLIP's linear-probe evaluation (Radford et al., "Learning Transferable
+    Visual Models From Natural Language Supervision", ICML 2021, which sweeps C on validation; max_iter 1000 as
+    there).
+
+    `fit_data` standardises the training clips' pooled vectors (scikit-learn's StandardScaler: mean and population
+    std, 1 for a constant feature) and fits LogisticRegression(C, lbfgs): one binary model per class on multi-label
+    data (one-vs-rest), one multinomial model on multi-class data. C is the best of `c_steps` log-spaced values in
+    [c_min, c_max] (default 1e-3 .. 1e3, 7 values) by the validation split's selection metric (mAP, or accuracy;
+    the first best wins ties), or fixed by `C`; with no validation split, C = 1 (scikit-learn's default). The bank
+    takes no gradient step for it, so lr and weight decay are ignored (a probe grid gives it one configuration).
+    A class the training split always or never has gets a constant score of 1 or 0. Fitted state in buffers
+    (float64): mean_, scale_ [D], coef_ [C, D], intercept_ [C], C_ (the chosen C). Pooling as `linear`.
+    Parameters (the fitted coefficients): D C + C, as `linear`.
+    """
+
+    kind = "logreg"
+    uses_optimiser = False
+
+    def __init__(
+        self,
+        num_classes: int,
+        embed_dim: int,
+        has_prefix: bool = False,
+        pooling: str = "auto",
+        C: float | None = None,  # scikit-learn's name for the inverse L2 strength
+        c_min: float = 1e-3,
+        c_max: float = 1e3,
+        c_steps: int = 7,
+        max_iter: int = 1000,
+        generator: torch.Generator | None = None,  # accepted like every head's; the fit draws nothing
+    ):
+        super().__init__(num_classes, embed_dim, has_prefix)
+        for name, value in (("C", C), ("c_min", c_min), ("c_max", c_max)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or
+                                      not 0 < value < math.inf):
+                raise ConfigError(f"logreg head: {name}={value!r} must be a finite number > 0")
+        if c_max < c_min:
+            raise ConfigError(f"logreg head: c_max={c_max} must be >= c_min={c_min}")
+        for name, value in (("c_steps", c_steps), ("max_iter", max_iter)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"logreg head: {name}={value!r} must be a whole number >= 1")
+        self.pooling = resolve_pooling(pooling, has_prefix)
+        self.C = None if C is None else float(C)
+        self.c_min, self.c_max, self.c_steps, self.max_iter = float(c_min), float(c_max), c_steps, max_iter
+        self._options = {"pooling": self.pooling, "C": self.C, "c_min": self.c_min, "c_max": self.c_max,
+                         "c_steps": c_steps, "max_iter": max_iter}
+        width = pooled_width(self.pooling, embed_dim)
+        self.register_buffer("mean_", torch.zeros(width, dtype=torch.float64))
+        self.register_buffer("scale_", torch.ones(width, dtype=torch.float64))
+        self.register_buffer("coef_", torch.zeros(num_classes, width, dtype=torch.float64))
+        self.register_buffer("intercept_", torch.zeros(num_classes, dtype=torch.float64))
+        self.register_buffer("C_", torch.tensor(0.0, dtype=torch.float64))  # 0 until fitted (a chosen C is > 0)
+        self.register_buffer("multilabel_", torch.tensor(True))
+
+    def candidates(self, has_valid: bool) -> list[float]:
+        """The values of C to fit: the fixed C, the grid (with a validation split), or scikit-learn's default 1."""
+        if self.C is not None:
+            return [self.C]
+        return c_grid(self.c_min, self.c_max, self.c_steps) if has_valid else [1.0]
+
+    def fit_data(self, train: LabelledSplit, valid: LabelledSplit | None) -> None:
+        """Standardise, fit every candidate C, keep the best on `valid`."""
+        from sklearn.preprocessing import StandardScaler
+
+        from embedcache import metrics
+
+        scaler = StandardScaler().fit(train.pooled(self.pooling).astype(np.float64))
+        features = scaler.transform(train.pooled(self.pooling).astype(np.float64))
+        grid = self.candidates(valid is not None)
+        best, best_score = None, -math.inf
+        for c in grid:
+            coef, intercept = fit_logistic(features, train.labels, train.multilabel, c, self.max_iter)
+            if len(grid) == 1:
+                best = (c, coef, intercept)
+                break
+            scores = logistic_scores(scaler.transform(valid.pooled(self.pooling).astype(np.float64)), coef,
+                                     intercept, train.multilabel)
+            if train.multilabel:
+                score = metrics.multilabel_metrics(valid.labels, scores)["map"]
+            else:
+                score = metrics.multiclass_metrics(valid.labels, scores)["accuracy"]
+            score = score if math.isfinite(score) else -math.inf
+            if best is None or score > best_score:  # the first best wins ties
+                best, best_score = (c, coef, intercept), score
+        c, coef, intercept = best
+        device = self.coef_.device
+        for name, value in (("mean_", scaler.mean_), ("scale_", scaler.scale_), ("coef_", coef),
+                            ("intercept_", intercept), ("C_", np.float64(c))):
+            setattr(self, name, torch.as_tensor(np.asarray(value, dtype=np.float64), device=device))
+        self.multilabel_ = torch.tensor(bool(train.multilabel), device=device)
+
+    def forward(self, batch: TokenBatch) -> torch.Tensor:
+        self._check_dim(batch)
+        if float(self.C_) == 0.0:
+            raise ConfigError("logreg head: not fitted; HeadBank.fit calls fit_data with the training split")
+        with torch.autocast(batch.tokens.device.type, enabled=False):
+            features = (pool(batch, self.pooling).double() - self.mean_) / self.scale_
+            return (features @ self.coef_.t() + self.intercept_).float()
+
+    def num_parameters(self) -> int:
+        """The fitted coefficients and intercepts (D C + C); the standardisation statistics are not counted."""
+        return self.coef_.numel() + self.intercept_.numel()
