@@ -36,11 +36,12 @@ def _register_commands() -> None:
         commands_probe,
         commands_report,
         commands_share,
+        commands_suite,
         commands_sweep,
     )
 
     for command in commands_core.COMMANDS + commands_data.COMMANDS + commands_probe.COMMANDS + commands_sweep.COMMANDS \
-            + commands_share.COMMANDS + commands_report.COMMANDS:
+            + commands_share.COMMANDS + commands_report.COMMANDS + commands_suite.COMMANDS:
         main.add_command(command)
 
 

@@ -315,7 +315,33 @@ def open_study(storage_url: str, study_name: str, fingerprint: dict, sampler: op
                 f"study {study_name!r} in {redact(storage_url)} was started with other settings ({'; '.join(diffs)}); "
                 "use the same config and store, or a new --study name"
             )
+    fail_dead_local_trials(study)
     return study
+
+
+def fail_dead_local_trials(study: optuna.Study) -> list[int]:
+    """Mark failed the running trials of workers on this machine whose process is gone (killed, even kill -9), so a
+    restarted worker neither waits for them nor counts them as running; returns their numbers."""
+    host = socket.gethostname()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "failed_because", "its worker process died")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        failed.append(trial.number)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process with that number: assume it is the worker
+    return True
 
 
 # -- results ---------------------------------------------------------------------------------------------------
