@@ -35,7 +35,8 @@ def _numbers(text: str | None, option: str) -> list[float] | None:
 @click.option("--head-option", "head_options", multiple=True,
               help="key=value for every head that takes it (e.g. prototypes_per_class=10), or NAME.key=value "
                    "for one head; repeatable.")
-@click.option("--layer", type=int, help="Stored layer to probe (default: the last; negative: from the end).")
+@click.option("--layer", help="Stored layer(s) to probe: 6, -1 (from the end), -1,-4,6 or all; several train every "
+              "head on each in one pass, with a row per head and layer.  [default: the last]")
 @click.option("--epochs", type=int, help="Training epochs (overrides the config).  [default: 30]")
 @click.option("--batch-size", type=int, help="Clips per batch (overrides the config).  [default: 32]")
 @click.option("--data-order", type=click.Choice(["per_seed", "shared"]),
@@ -65,15 +66,19 @@ def probe_command(
     5-fold cross-validation of an ESC-50 store (RUN/fold1..fold5, RUN/folds.json, RUN/folds.csv):
       embedcache probe runs/esc50.zarr --folds --head linear,protobin --out runs/probes/esc50-cv
     \b
+    Every stored layer in one pass, plus SUPERB's learned weighted sum of the layers (layers.csv: score per layer):
+      embedcache probe runs/vit.zarr --layer all --head linear,layermix --out runs/probes/vit-layers
+    \b
     A run killed part way (even kill -9) resumes with the same command: finished banks are not trained again.
     """
-    from embedcache.probe import apply_overrides, load_config, read_store_record, run_folds, run_probe
+    from embedcache.probe import apply_overrides, load_config, parse_layers, read_store_record, run_folds, run_probe
     from embedcache.results import format_comparison_table, format_folds_table
 
     config = apply_overrides(
         load_config(config_path) if config_path else {}, lr=_numbers(lr, "--lr"),
         weight_decay=_numbers(weight_decay, "--weight-decay"), epochs=epochs, batch_size=batch_size, device=device,
-        layer=layer, subset=subset, splits=splits, head_options=_head_options(head_options), data_order=data_order,
+        layer=parse_layers(layer) if layer is not None else None, subset=subset, splits=splits,
+        head_options=_head_options(head_options), data_order=data_order,
     )
     head_kinds = [part.strip() for part in heads.split(",") if part.strip()] if heads else None
     if folds:
@@ -159,7 +164,7 @@ def predict_command(run, data, out_path, split, heads, checkpoint, store_out, de
     if Path(data).suffix.lower() in (".csv", ".jsonl", ".ndjson") and Path(data).is_file():
         target = store_out or str(Path(out_path).with_suffix(".zarr"))
         click.echo(f"extracting {data} with the encoder of {trained.store} into {target}")
-        store = extract_like(trained.store, data, target, checkpoint=checkpoint, layer=trained.layer)
+        store = extract_like(trained.store, data, target, checkpoint=checkpoint, layer=trained.layers)
     else:
         store = data
     splits = [s.strip() for s in split.split(",")] if split else None

@@ -1,5 +1,6 @@
 """The data path of probe training: a split's clips, held in memory or streamed whole chunk by whole chunk, served
 as batches in an order that depends only on (data seed, epoch), with a background prefetch of the next window.
+A split over several layers serves every chosen layer of each clip in one batch ([B, L, T, D]), read once.
 
 Depends on the store alone; `train` builds batches of tokens for the heads from what this serves.
 """
@@ -11,13 +12,14 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from embedcache.device import resolve_device
-from embedcache.errors import StoreError
+from embedcache.errors import ConfigError, StoreError
 from embedcache.store import TokenStore, layout
 
 if TYPE_CHECKING:
@@ -41,6 +43,33 @@ def available_memory_bytes(device: torch.device) -> int:
     except OSError:
         pass
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+# -- layers -------------------------------------------------------------------------------------------------
+LayerChoice = int | Sequence[int] | str | None
+
+
+def resolve_layers(store: TokenStore, layer: LayerChoice) -> tuple[int, ...]:
+    """The stored layers a choice names, ascending: None -> the last, an int (negative: from the encoder's last
+    block), a list of them, or "all" -> every stored layer."""
+    if layer is None or isinstance(layer, Integral):
+        return (store.resolve_layer(None if layer is None else int(layer)),)
+    if isinstance(layer, str):
+        if layer != "all":
+            raise ConfigError(f"layer {layer!r}: give 'all', a stored layer or a list of them")
+        return tuple(store.layers)
+    resolved = [store.resolve_layer(int(value)) for value in layer]
+    if not resolved:
+        raise ConfigError("layer: an empty list names no layer; give 'all', a stored layer or a list of them")
+    if len(set(resolved)) != len(resolved):
+        raise ConfigError(f"layer {list(layer)}: names layer(s) {sorted(set(resolved))} more than once (negative "
+                          f"values count from the last block: {store.path} stores {store.layers})")
+    return tuple(sorted(resolved))
+
+
+def layer_setting(layers: Sequence[int]) -> int | list[int]:
+    """Resolved layers as a probe config records them: one layer as an int, several as a list."""
+    return int(layers[0]) if len(layers) == 1 else [int(value) for value in layers]
 
 
 # -- batch order --------------------------------------------------------------------------------------------
@@ -104,7 +133,10 @@ class ChunkIndex:
 # -- data -------------------------------------------------------------------------------------------------
 @dataclass
 class RawBatch:
-    """Clips as stored: tokens [B, T, D] and prefix [B, P, D] in the stored dtype, mask [B, T], targets [B, C]."""
+    """Clips as stored: tokens [B, T, D] and prefix [B, P, D] in the stored dtype, mask [B, T], targets [B, C].
+
+    From a split over several layers, tokens are [B, L, T, D] and prefix [B, L, P, D] (L in SplitData.layers order).
+    """
 
     tokens: torch.Tensor
     mask: torch.Tensor
@@ -118,8 +150,10 @@ def _cat(parts: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
 
 
 class SplitData:
-    """The clips of one split at one layer, held in memory or streamed whole chunk by whole chunk.
+    """The clips of one split at one layer or several, held in memory or streamed whole chunk by whole chunk.
 
+    layer: a stored layer (None: the last; negative: from the encoder's last block), a list of them or "all"
+    (see `resolve_layers`). Several layers are served together, [B, L, T, D], each chunk's layers read at once.
     window_chunks: training shuffles clips within windows of this many shuffled chunks (the streaming shuffle
     buffer); None shuffles the whole split at once (the in-memory default).
     """
@@ -128,7 +162,7 @@ class SplitData:
         self,
         store: TokenStore,
         split: str | Sequence[str],
-        layer: int | None = None,
+        layer: LayerChoice = None,
         in_memory: bool = True,
         device: torch.device | str = "cpu",
         window_chunks: int | None = None,
@@ -138,7 +172,9 @@ class SplitData:
         # Several splits read as one, in store order (a role given as a list, e.g. the training folds).
         self.splits = (split,) if isinstance(split, str) else tuple(split)
         self.split = "+".join(self.splits)
-        self.layer = store.resolve_layer(layer)
+        self.layers = resolve_layers(store, layer)
+        # As a probe config records it: an int for one layer, the list for several.
+        self.layer = layer_setting(self.layers)
         self.indices = store.split_indices(self.splits)
         if len(self.indices) == 0:
             raise StoreError(
@@ -160,9 +196,14 @@ class SplitData:
         return len(self.indices)
 
     @property
+    def stacked(self) -> bool:
+        """Whether batches hold several layers ([B, L, T, D]) rather than one ([B, T, D])."""
+        return len(self.layers) > 1
+
+    @property
     def nbytes(self) -> int:
-        """Bytes this split's tokens (and prefix) take in the stored dtype."""
-        return split_nbytes(self.store, self.n_clips)
+        """Bytes this split's tokens (and prefix) take in the stored dtype, every chosen layer."""
+        return split_nbytes(self.store, self.n_clips) * len(self.layers)
 
     def _read_chunk(self, chunk: int) -> RawBatch:
         """The split's clips inside one chunk, read as a whole chunk for sequential I/O."""
@@ -170,8 +211,7 @@ class SplitData:
         stop = min(self.store.n_clips, start + self.store.chunk_clips)
         positions = np.flatnonzero(self.chunk_of == chunk)
         rows = torch.from_numpy(self.indices[positions] - start)
-        tokens = self.store.read_tokens(self.layer, start, stop)
-        prefix = self.store.read_prefix(self.layer, start, stop)
+        tokens, prefix = self._read_layers(start, stop)
         return RawBatch(
             tokens=tokens[rows] if len(rows) < stop - start else tokens,
             mask=self.store.token_mask(start, stop)[rows],
@@ -179,6 +219,17 @@ class SplitData:
             targets=self._targets[positions],
             positions=positions,
         )
+
+    def _read_layers(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens [n, T, D] (several layers: [n, L, T, D]) and prefix of store rows start:stop."""
+        if not self.stacked:
+            layer = self.layers[0]
+            return self.store.read_tokens(layer, start, stop), self.store.read_prefix(layer, start, stop)
+        tokens = torch.stack([self.store.read_tokens(layer, start, stop) for layer in self.layers], dim=1)
+        prefix = None
+        if self.store.num_prefix:
+            prefix = torch.stack([self.store.read_prefix(layer, start, stop) for layer in self.layers], dim=1)
+        return tokens, prefix
 
     def _read_window(self, chunk_ids: np.ndarray) -> RawBatch:
         parts = [self._read_chunk(int(c)) for c in chunk_ids]
@@ -196,8 +247,10 @@ class SplitData:
     def _read_windows_all(self) -> RawBatch:
         # Fill one preallocated tensor chunk by chunk: peak memory stays at the split's size plus one chunk.
         n, store = self.n_clips, self.store
-        tokens = torch.empty((n, store.num_tokens, store.embed_dim), dtype=layout.torch_dtype(store.dtype))
-        prefix = torch.empty((n, store.num_prefix, store.embed_dim), dtype=tokens.dtype) if store.num_prefix else None
+        per_clip = (len(self.layers),) if self.stacked else ()
+        tokens = torch.empty((n, *per_clip, store.num_tokens, store.embed_dim), dtype=layout.torch_dtype(store.dtype))
+        prefix = (torch.empty((n, *per_clip, store.num_prefix, store.embed_dim), dtype=tokens.dtype)
+                  if store.num_prefix else None)
         mask = torch.empty((n, store.num_tokens), dtype=torch.bool)
         for chunk in np.unique(self.chunk_of):
             part = self._read_chunk(int(chunk))
@@ -350,33 +403,44 @@ def _prefetched(
 
 
 def split_nbytes(store: TokenStore, n_clips: int) -> int:
-    """Bytes of n clips' tokens and prefix in the stored dtype."""
+    """Bytes of n clips' tokens and prefix of one layer in the stored dtype."""
     per_clip = store.token_nbytes() // max(1, store.n_clips)
     per_clip += per_clip * store.num_prefix // max(1, store.num_tokens)
     return int(n_clips * per_clip)
 
 
 def open_splits(
-    requests: Sequence[tuple[TokenStore, str | Sequence[str]]], layer: int | None, config: TrainConfig
+    requests: Sequence[tuple[TokenStore, str | Sequence[str]]], layer: LayerChoice, config: TrainConfig
 ) -> list[SplitData]:
-    """Open splits in order, each in memory while the shared memory budget lasts, streamed after that."""
+    """Open splits in order, each in memory while the shared memory budget lasts, streamed after that.
+
+    `layer` is resolved on the first request's store and every split reads those layers (so "all" cannot mean
+    other layers in a split_stores entry, which then must hold them too).
+    """
     device = resolve_device(config.device, option="train.device")
     budget = config.memory_budget_bytes
     if budget is None:
         budget = available_memory_bytes(device) // 2
     opened = []
+    layers = list(resolve_layers(requests[0][0], layer)) if requests and not _is_one(layer) else layer
     for store, split in requests:
         if config.data_path == "auto":
-            in_memory = split_nbytes(store, len(store.split_indices(split))) <= budget
+            n_layers = 1 if _is_one(layer) else len(layers)
+            in_memory = split_nbytes(store, len(store.split_indices(split))) * n_layers <= budget
         else:
             in_memory = config.data_path == IN_MEMORY
         # In memory the whole split is shuffled at once unless the config asks for windows everywhere.
         window = config.shuffle_window_chunks if not in_memory or config.window_in_memory else None
         data = SplitData(
-            store, split, layer, in_memory=in_memory, device=device,
+            store, split, layers, in_memory=in_memory, device=device,
             window_chunks=window or (None if in_memory else 8), prefetch_windows=config.prefetch_windows,
         )
         if in_memory:
             budget -= data.nbytes
         opened.append(data)
     return opened
+
+
+def _is_one(layer: LayerChoice) -> bool:
+    # One layer as today's runs give it: resolved per store (None: each store's last layer).
+    return layer is None or isinstance(layer, Integral)

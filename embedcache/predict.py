@@ -15,31 +15,47 @@ from embedcache import heads as head_registry
 from embedcache.device import resolve_device
 from embedcache.errors import ConfigError, EmbedcacheError
 from embedcache.loader import SplitData
-from embedcache.results import Predictions
+from embedcache.results import Predictions, head_key
 from embedcache.store import TokenStore
 from embedcache.train import predict_scores
 
 
 @dataclass
 class TrainedRun:
-    """A probe run's chosen heads: name -> [(seed, head module)], with what they were trained on."""
+    """A probe run's chosen heads: name -> [(seed, head module)], with what they were trained on.
+
+    A run over several layers names each head on one layer `<name>_L<layer>` (a layer-mixing head keeps its name);
+    head_layers says which stored layer each reads (None: the run's one layer, or every layer a mixing head mixes).
+    """
 
     run_dir: Path
     task: str
-    layer: int
+    layer: int | list[int]
     label_names: list[str]
     store: str
     heads: dict[str, list[tuple[int, torch.nn.Module]]] = field(default_factory=dict)
     # The run's batch size: scores computed in batches of the same size equal the run's to the last bit.
     batch_size: int = 128
+    head_layers: dict[str, int | None] = field(default_factory=dict)
 
     @property
     def multilabel(self) -> bool:
         return self.task == "multilabel"
 
+    @property
+    def layers(self) -> list[int]:
+        """The stored layers the chosen heads read (the run's layer, or those of its heads over several)."""
+        if isinstance(self.layer, int):
+            return [self.layer]
+        needed = {layer for layer in self.head_layers.values() if layer is not None}
+        for members in self.heads.values():
+            needed |= {value for _, head in members for value in (getattr(head, "layers", None) or [])}
+        return sorted(needed) or list(self.layer)
+
 
 def load_run(run_dir: str | Path, heads: list[str] | None = None) -> TrainedRun:
-    """The chosen heads of the probe run in `run_dir` (every seed), ready to predict; `heads` picks some by name."""
+    """The chosen heads of the probe run in `run_dir` (every seed), ready to predict; `heads` picks some by name (in
+    a run over several layers a name picks that head on every layer, `<name>_L<layer>` one of them)."""
     run_dir = Path(run_dir)
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -48,25 +64,37 @@ def load_run(run_dir: str | Path, heads: list[str] | None = None) -> TrainedRun:
         raise ConfigError(f"{run_dir}: not a finished probe run (metrics.json and config.yaml: {error})") from None
     if not isinstance(metrics, dict) or not isinstance(metrics.get("heads"), list):
         raise ConfigError(f"{run_dir}/metrics.json: no 'heads' list; pass the folder of a finished probe run")
-    names = [entry.get("head") for entry in metrics["heads"] if isinstance(entry, dict)]
+    entries = [entry for entry in metrics["heads"] if isinstance(entry, dict)]
+    names = list(dict.fromkeys(str(entry.get("head")) for entry in entries))
+    keys = [head_key(str(entry.get("head")), _entry_layer(entry)) for entry in entries]
     wanted = names if heads is None else heads
-    unknown = [name for name in wanted if name not in names]
+    unknown = [name for name in wanted if name not in names and name not in keys]
     if unknown:
-        raise ConfigError(f"{run_dir}: no head {unknown[0]!r} in this run (its heads: {', '.join(map(str, names))})")
+        raise ConfigError(f"{run_dir}: no head {unknown[0]!r} in this run (its heads: "
+                          f"{', '.join(dict.fromkeys(names + keys))})")
     label_names = metrics.get("label_names")
     if not isinstance(label_names, list):
         raise ConfigError(f"{run_dir}/metrics.json: no label_names (a run from before predictions were recorded): "
                           "run the probe again to predict with it")
     batch_size = (config.get("train") or {}).get("batch_size") if isinstance(config, dict) else None
-    run = TrainedRun(run_dir, str(metrics.get("task") or config.get("task")), int(metrics["layer"]), label_names,
+    layer = metrics.get("layer")
+    layer = [int(v) for v in layer] if isinstance(layer, list) else int(layer)
+    run = TrainedRun(run_dir, str(metrics.get("task") or config.get("task")), layer, label_names,
                      str(metrics.get("store")), batch_size=int(batch_size) if isinstance(batch_size, int) else 128)
-    for entry in metrics["heads"]:
-        if entry.get("head") not in wanted:
+    for entry, key in zip(entries, keys, strict=True):
+        if entry.get("head") not in wanted and key not in wanted:
             continue
         seeds = [e["seed"] for e in entry.get("per_seed", []) if not e.get("diverged")]
-        run.heads[entry["head"]] = [(seed, load_head(run_dir / "weights" / f"{entry['head']}_seed{seed}.safetensors"))
-                                    for seed in seeds]
+        run.heads[key] = [(seed, load_head(run_dir / "weights" / f"{key}_seed{seed}.safetensors")) for seed in seeds]
+        entry_layer = _entry_layer(entry)
+        run.head_layers[key] = entry_layer if isinstance(entry_layer, int) else None
     return run
+
+
+def _entry_layer(entry: dict) -> int | list[int] | None:
+    """A metrics.json head entry's layer: an int, a mixing head's list, or None (the run's one layer)."""
+    layer = entry.get("layer")
+    return [int(v) for v in layer] if isinstance(layer, list) else None if layer is None else int(layer)
 
 
 def load_head(path: Path) -> torch.nn.Module:
@@ -93,7 +121,9 @@ def predict(run: TrainedRun, store: TokenStore | str | Path, split: str | list[s
                           f"{run.label_names[:5]}...; predict on a store with the run's label vocabulary")
     splits = store.split_names if split is None else split
     try:
-        data = SplitData(store, splits, run.layer, device=resolve_device(device))
+        # Only the layers the chosen heads read, each read once for all of them.
+        data = SplitData(store, splits, run.layer if isinstance(run.layer, int) else run.layers,
+                         device=resolve_device(device))
     except EmbedcacheError as error:
         raise ConfigError(f"{store.path}: {error}") from None
     for name, members in run.heads.items():
@@ -102,7 +132,8 @@ def predict(run: TrainedRun, store: TokenStore | str | Path, split: str | list[s
             raise ConfigError(f"{store.path}: tokens D={store.embed_dim}, prefix={store.num_prefix} do not fit head "
                               f"{name} (trained on D={config['embed_dim']}); use a store from the same encoder")
     modules = [(name, seed, head.to(data.device)) for name, members in run.heads.items() for seed, head in members]
-    values = predict_scores([head for _, _, head in modules], data, run.multilabel, batch_size or run.batch_size)
+    values = predict_scores([head for _, _, head in modules], data, run.multilabel, batch_size or run.batch_size,
+                            layers=[run.head_layers.get(name) for name, _, _ in modules])
     return Predictions(
         clip_ids=store.clip_ids[data.indices], label_names=list(store.label_names),
         scores={(name, seed): scores for (name, seed, _), scores in zip(modules, values, strict=True)},
@@ -111,7 +142,7 @@ def predict(run: TrainedRun, store: TokenStore | str | Path, split: str | list[s
 
 
 def extract_like(store: TokenStore | str | Path, manifest: str | Path, out: str | Path, checkpoint: str | None = None,
-                 layer: int | None = None, progress: bool = False) -> TokenStore:
+                 layer: int | list[int] | None = None, progress: bool = False) -> TokenStore:
     """Extract `manifest`'s audio into `out` with the encoder, layers, dtype and clip policy `store` was made
     with (its checkpoint file must still be where the provenance says, with the same sha256, or be passed)."""
     import tempfile
@@ -141,7 +172,8 @@ def extract_like(store: TokenStore | str | Path, manifest: str | Path, out: str 
         encoder=str(encoder.get("name")), manifest=str(manifest), out=str(out), checkpoint=checkpoint,
         labels=str(vocabulary),
         random_init=bool(encoder.get("random_init")), encoder_options=dict(encoder.get("options") or {}),
-        layers=",".join(str(i) for i in ([layer] if layer is not None else source.layers)), dtype=source.dtype,
+        layers=",".join(str(i) for i in ([layer] if isinstance(layer, int) else layer or source.layers)),
+        dtype=source.dtype,
         window=window / rate if window else None, hop=policy["hop_samples"] / rate if window else None,
         max_seconds=max_samples / rate if max_samples else None, progress=progress, overwrite=True,
     )

@@ -1,13 +1,17 @@
 """The probe protocol: train a bank on the train split, choose on validation, test the chosen configuration once.
 
 A run writes a directory (config.yaml re-runnable as is, metrics.json, per_class_ap.csv, sweep.csv, curves.csv,
-weights/) and appends one row per head and seed to a results ledger CSV. Cross-validation over a store's fold
-splits (`run_folds`) is one such run per fold, under RUN/<fold>/, with folds.json and folds.csv beside them.
+weights/) and appends one row per head and seed to a results ledger CSV. With several layers (`layer: all` or a
+list) one bank trains every head on every layer in one pass over the data (plus layer-mixing heads once), and the
+choice, the results and the ledger rows are per (head, layer); layers.csv sums them up. Cross-validation over a
+store's fold splits (`run_folds`) is one such run per fold, under RUN/<fold>/, with folds.json and folds.csv beside
+them.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import re
@@ -30,6 +34,7 @@ from embedcache.results import (
     HeadResult,
     ProbeReport,
     append_ledger,
+    layers_label,
     ledger_rows,
     load_units,
     save_unit,
@@ -48,6 +53,7 @@ from embedcache.train import (
     TrainConfig,
     checked_lr,
     checked_weight_decay,
+    mixes_layers,
     selection_metric,
     split_metrics,
 )
@@ -159,9 +165,38 @@ def _whole(value, key: str, low: int | None = None, null: bool = False) -> int |
         return None
     if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
         bound = f" >= {low}" if low is not None else ""
-        extra = " (a stored layer; negative counts from the encoder's last block) or null" if null else ""
+        extra = (" (a stored layer; negative counts from the encoder's last block), a list of them, 'all' or null"
+                 if null else "")
         raise ConfigError(f"{key}: {value!r} is not a whole number{bound}{extra}")
     return value
+
+
+def parse_layers(text: str) -> int | list[int] | str:
+    """--layer: 'all', '6' or '-1,-4,6' -> "all", 6 or [-1, -4, 6]."""
+    if text.strip() == "all":
+        return "all"
+    try:
+        layers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--layer {text!r}: give 'all', a stored layer or several, e.g. --layer -1,-4,6") from None
+    if not layers:
+        raise ConfigError(f"--layer {text!r}: give 'all', a stored layer or several, e.g. --layer -1,-4,6")
+    return layers[0] if len(layers) == 1 else layers
+
+
+def _layer_value(value) -> int | list[int] | str | None:
+    """The `layer` of a probe config: null (the last), a whole number, 'all', or a list of whole numbers (a list of
+    one is that layer)."""
+    if value == "all":
+        return "all"
+    if isinstance(value, list | tuple):
+        layers = [_whole(item, "layer", null=True) for item in value]
+        if not layers or None in layers:
+            raise ConfigError(f"layer: {list(value)!r} names no layer; give 'all', stored layer(s) or null")
+        if len(set(layers)) != len(layers):
+            raise ConfigError(f"layer: {list(value)!r} names a layer twice")
+        return layers[0] if len(layers) == 1 else layers
+    return _whole(value, "layer", null=True)
 
 
 def _resolve_head(entry, grid: dict, index: int) -> dict:
@@ -217,7 +252,7 @@ def apply_overrides(
     epochs: int | None = None,
     batch_size: int | None = None,
     device: str | None = None,
-    layer: int | None = None,
+    layer: int | str | Sequence[int] | None = None,
     subset: str | dict | None = None,
     splits: str | dict | None = None,
     head_options: dict | None = None,
@@ -308,7 +343,7 @@ def resolve_config(config: dict | None = None, **overrides) -> dict:
         raise ConfigError(f"data_order {merged['data_order']!r}: choose {' or '.join(DATA_ORDERS)}")
     if not isinstance(merged["predictions"], bool):
         raise ConfigError(f"predictions: {merged['predictions']!r} is not true or false")
-    merged["layer"] = _whole(merged["layer"], "layer", null=True)
+    merged["layer"] = _layer_value(merged["layer"])
     merged["train"] = TrainConfig.from_dict(merged["train"]).to_dict()
     merged["subset"] = Subset.from_value(merged["subset"]).to_dict() or None  # the view, recorded as plain data
     return merged
@@ -335,7 +370,8 @@ class ProbeConfig:
     checked), written to config.yaml by `to_dict`, and read back by `from_dict` to the same object."""
 
     store: str | None
-    layer: int | None
+    # One stored layer, or several (a list, or "all" until a run resolves it): one bank over every one of them.
+    layer: int | list[int] | str | None
     task: str | None
     splits: dict
     split_stores: dict
@@ -389,7 +425,8 @@ def fold_summary(plan: list[dict], runs: list[ProbeReport]) -> list[dict]:
         keys = list(folds[0]["test"])
         values = {key: np.array([fold["test"][key] for fold in folds]) for key in keys}
         summary.append({
-            "head": first.name, "kind": first.kind, "metric": first.metric, "folds": folds,
+            "head": first.key, **({} if first.layer is None else {"layer": first.layer}), "kind": first.kind,
+            "metric": first.metric, "folds": folds,
             "test_mean": {key: float(v.mean()) for key, v in values.items()},
             "test_std": {key: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for key, v in values.items()},
         })
@@ -649,33 +686,40 @@ def run_probe(
             bank_list.append((unit, bank))
     finally:
         bar.close()
+    # Every trained head with its layer key (None: the run's one layer; an int; a tuple of the layers it mixes).
+    trained = [(name, key, spec, bank, k) for unit, bank in bank_list
+               for k, (spec, name, key) in enumerate(zip(unit["specs"], unit["names"], unit["layers"]))]
     sweep = [{
-        "head": name, "kind": spec.kind, "lr": spec.lr, "weight_decay": spec.weight_decay, "seed": spec.seed,
+        "head": name, **({} if key is None else {"layer": layers_label(key)}), "kind": spec.kind, "lr": spec.lr,
+        "weight_decay": spec.weight_decay, "seed": spec.seed,
         f"valid_{metric}": bank.valid_metrics_[k].get(metric, float("nan")) if valid is not None else "",
         "diverged": k in bank.diverged_,
-    } for unit, bank in bank_list for k, (spec, name) in enumerate(zip(unit["specs"], unit["names"]))]
+    } for name, key, spec, bank, k in trained]
 
-    # Phase 2: per named head, the (lr, wd) with the best mean validation metric over seeds; test it once per seed.
+    # Phase 2: per named head and layer, the (lr, wd) with the best mean validation metric over seeds; test it once
+    # per seed.
     results, predictions = [], {}
     for head in resolved["heads"]:
         candidates = head_grid(head)
+        for key in dict.fromkeys(key for name, key, *_ in trained if name == head["name"]):
 
-        def mean_valid(candidate: tuple[float, float], name: str = head["name"]) -> float:
-            values = [row[f"valid_{metric}"] for row in sweep if row["head"] == name
-                      and (row["lr"], row["weight_decay"]) == candidate]
-            if valid is None:
-                return 0.0
-            mean = float(np.mean(values))
-            return mean if np.isfinite(mean) else -np.inf  # a diverged configuration never wins
+            def mean_valid(candidate: tuple[float, float], name: str = head["name"], key=key) -> float:
+                values = [bank.valid_metrics_[k].get(metric, float("nan")) for n, layer, spec, bank, k in trained
+                          if (n, layer) == (name, key) and (spec.lr, spec.weight_decay) == candidate]
+                if valid is None:
+                    return 0.0
+                mean = float(np.mean(values))
+                return mean if np.isfinite(mean) else -np.inf  # a diverged configuration never wins
 
-        # First best wins ties, so the choice does not depend on float noise in later grid points.
-        chosen = max(candidates, key=mean_valid)
-        members = [(seed, bank, k) for unit, bank in bank_list for seed, k in unit["members"]
-                   if unit["names"][k] == head["name"] and (unit["specs"][k].lr, unit["specs"][k].weight_decay)
-                   == chosen]
-        result, scores = _evaluate_chosen(head, chosen, members, valid, test, multilabel, metric)
-        results.append(result)
-        predictions.update({(head["name"], seed): value for seed, value in scores.items()})
+            # First best wins ties, so the choice does not depend on float noise in later grid points.
+            chosen = max(candidates, key=mean_valid)
+            members = [(seed, bank, k) for unit, bank in bank_list for seed, k in unit["members"]
+                       if (unit["names"][k], unit["layers"][k]) == (head["name"], key)
+                       and (unit["specs"][k].lr, unit["specs"][k].weight_decay) == chosen]
+            result, scores = _evaluate_chosen(head, chosen, members, valid, test, multilabel, metric,
+                                              layer=list(key) if isinstance(key, tuple) else key)
+            results.append(result)
+            predictions.update({(result.key, seed): value for seed, value in scores.items()})
 
     report = ProbeReport(out_dir, resolved, results, dict(bank_list[0][1].data_paths_), sweep, None, notes)
     if test is not None:
@@ -752,14 +796,18 @@ def run_folds(
 
 
 def _evaluate_chosen(head: dict, chosen: tuple[float, float], members: list, valid: SplitData | None,
-                     test: SplitData | None, multilabel: bool, metric: str) -> tuple[HeadResult, dict]:
+                     test: SplitData | None, multilabel: bool, metric: str,
+                     layer: int | list[int] | None = None) -> tuple[HeadResult, dict]:
     """The chosen configuration's metrics per seed (members: (seed, bank, head index)) and its test scores per
-    seed; a diverged seed has NaN metrics, is marked, and is left out of the mean over seeds."""
+    seed; a diverged seed has NaN metrics, is marked, and is left out of the mean over seeds. layer: the result's
+    layer in a run over several (a list: the layers a mixing head mixes), None in a run over one."""
     per_seed, per_class, scores = [], {"valid": [], "test": []}, {}
     num_parameters = 0
     for seed, bank, k in members:
         num_parameters = bank.heads_[k].num_parameters()
         entry: dict = {"seed": seed, "index": k, "bank": bank}
+        if hasattr(bank.heads_[k], "layer_weights"):  # a layer-mixing head: its softmax weight per layer
+            entry["layer_weights"] = [float(w) for w in bank.heads_[k].layer_weights().detach().cpu()]
         diverged = k in bank.diverged_
         if diverged:
             entry["diverged"] = True
@@ -786,6 +834,7 @@ def _evaluate_chosen(head: dict, chosen: tuple[float, float], members: list, val
         per_seed=per_seed, per_class=per_class,
         status="ok" if len(healthy) == len(per_seed) else ("diverged" if not healthy else
                                                            f"diverged in {len(per_seed) - len(healthy)} seed(s)"),
+        layer=layer,
     )
     return result, scores
 
@@ -798,15 +847,37 @@ def _plan_units(config: dict) -> list[dict]:
     groups = [[seed] for seed in seeds] if config["data_order"] == "per_seed" else [seeds]
     units = []
     for group in groups:
-        specs, names = [], []
+        specs, names, layers = [], [], []
         for seed in group:
-            seed_specs, seed_names = _bank_specs(config, seed)
+            seed_specs, seed_names, seed_layers = _layer_specs(config, *_bank_specs(config, seed))
             specs += seed_specs
             names += seed_names
+            layers += seed_layers
         name = f"seed{group[0]}" if len(group) == 1 else f"seeds{group[0]}-{group[-1]}"
-        units.append({"name": name, "specs": specs, "names": names, "data_seed": group[0],
+        units.append({"name": name, "specs": specs, "names": names, "layers": layers, "data_seed": group[0],
                       "members": [(spec.seed, k) for k, spec in enumerate(specs)]})
     return units
+
+
+def _layer_specs(config: dict, specs: list[HeadSpec], names: list[str]) -> tuple[list[HeadSpec], list[str], list]:
+    """Over several layers (config layer a list): every head on every layer, a layer-mixing head once over them all;
+    with each spec's layer key (its layer, or a tuple of the layers it mixes). Over one layer: the specs as they
+    are, keys None."""
+    layers = config["layer"]
+    if not isinstance(layers, list):
+        return specs, names, [None] * len(specs)
+    out_specs, out_names, keys = [], [], []
+    for spec, name in zip(specs, names, strict=True):
+        if mixes_layers(spec.kind):
+            out_specs.append(spec)
+            out_names.append(name)
+            keys.append(tuple(spec.options.get("layers") or layers))
+            continue
+        for layer in layers:
+            out_specs.append(dataclasses.replace(spec, layer=layer))
+            out_names.append(name)
+            keys.append(layer)
+    return out_specs, out_names, keys
 
 
 def _run_fingerprint(config: dict, stores: dict[str, TokenStore]) -> str:

@@ -11,6 +11,7 @@ import datetime as dt
 import fcntl
 import io
 import json
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +106,36 @@ class HeadResult:
     per_class: dict = field(default_factory=dict)
     # "ok", "diverged" (every seed) or "diverged in N seed(s)" (those seeds are left out of the means).
     status: str = "ok"
+    # In a run over several layers: the layer this head read, or the list a layer-mixing head mixed; None in a run
+    # over one layer (the run's `layer`).
+    layer: int | list[int] | None = None
+
+    @property
+    def key(self) -> str:
+        """How files name this result: the head's name, with _L<layer> for one of several layers."""
+        return head_key(self.name, self.layer)
+
+
+def head_key(name: str, layer: int | Sequence[int] | None) -> str:
+    """A head's name in file names, predictions and tables: `name`, or `name_L<layer>` for a head that read one layer
+    of a run over several (a layer-mixing head keeps its name)."""
+    return name if layer is None or not isinstance(layer, int) else f"{name}_L{layer}"
+
+
+def layers_label(layer: int | Sequence[int]) -> str:
+    """A layer, or the layers a mixing head mixes as ranges: 6 -> '6', [0, 1, 2, 3, 6] -> '0-3+6'."""
+    if isinstance(layer, int):
+        return str(layer)
+    values, runs = sorted(int(v) for v in layer), []
+    for value in values:
+        if runs and value == runs[-1][1] + 1:
+            runs[-1][1] = value
+        else:
+            runs.append([value, value])
+    return "+".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+LAYERS_LABEL = re.compile(r"\d+(-\d+)?(\+\d+(-\d+)?)*")
 
 
 @dataclass
@@ -214,7 +245,8 @@ def write_run(report: ProbeReport, bank_list: list, store: TokenStore) -> None:
         "label_names": store.label_names,
         "std": "sample standard deviation over seeds (ddof=1)",
         "heads": [
-            {"head": r.name, "kind": r.kind, "lr": r.lr, "weight_decay": r.weight_decay, "options": r.options,
+            {"head": r.name, **({} if r.layer is None else {"layer": r.layer, "key": r.key}), "kind": r.kind,
+             "lr": r.lr, "weight_decay": r.weight_decay, "options": r.options,
              "num_parameters": r.num_parameters, "status": r.status, "valid": r.valid, "test": r.test,
              "per_seed": [{key: value for key, value in e.items() if key not in ("index", "bank")}
                           for e in r.per_seed]}
@@ -223,12 +255,39 @@ def write_run(report: ProbeReport, bank_list: list, store: TokenStore) -> None:
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_csv(run_dir / "per_class_ap.csv", _per_class_rows(report, store))
+    if isinstance(report.config["layer"], list):
+        write_csv(run_dir / "layers.csv", layer_rows(report))
     write_csv(run_dir / "sweep.csv", report.sweep)
     curves = [{"bank_seed": unit["data_seed"], **row} for unit, bank in bank_list for row in bank.curves_]
     write_csv(run_dir / "curves.csv", curves)
     for result in report.results:
         for entry in result.per_seed:
             _save_head(run_dir / "weights", result, entry["seed"], entry["bank"].heads_[entry["index"]])
+
+
+def layer_rows(report: ProbeReport) -> list[dict]:
+    """layers.csv of a run over several layers: per head and layer its chosen configuration's validation and test
+    metrics (mean and std over seeds); then per layer-mixing head and layer its softmax weight (mean over seeds)."""
+    metric = report.results[0].metric
+    rows = []
+    for r in report.results:
+        rows.append({
+            "head": r.name, "kind": r.kind, "layer": layers_label(r.layer if r.layer is not None else
+                                                                  report.config["layer"]),
+            "lr": r.lr, "weight_decay": r.weight_decay, "seeds": len(r.per_seed), "status": r.status,
+            f"valid_{metric}": r.valid.get(metric, ""), f"valid_{metric}_std": r.valid.get(f"{metric}_std", ""),
+            f"test_{metric}": r.test.get(metric, ""), f"test_{metric}_std": r.test.get(f"{metric}_std", ""),
+            "test_map": r.test.get("map", ""), "test_map_std": r.test.get("map_std", ""), "weight": "",
+        })
+    for r in report.results:
+        weights = [e["layer_weights"] for e in r.per_seed if "layer_weights" in e]
+        layers = r.layer if isinstance(r.layer, list) else None
+        if not weights or layers is None or len(weights[0]) != len(layers):
+            continue
+        mean = np.mean(np.asarray(weights, dtype=np.float64), axis=0)
+        rows += [{"head": r.name, "kind": r.kind, "layer": layer, "seeds": len(weights), "weight": float(w)}
+                 for layer, w in zip(layers, mean, strict=True)]
+    return rows
 
 
 def write_test_predictions(run_dir: Path, test: SplitData, scores: dict, multilabel: bool) -> None:
@@ -288,7 +347,7 @@ def _per_class_rows(report: ProbeReport, store: TokenStore) -> list[dict]:
             stacked = np.asarray(arrays, dtype=np.float64)  # [seeds, C]
             for c, label in enumerate(store.label_names):
                 rows.append({
-                    "head": result.name, "split": split_label(report.config["splits"][role]), "label": label,
+                    "head": result.key, "split": split_label(report.config["splits"][role]), "label": label,
                     "ap": float(np.nanmean(stacked[:, c])) if not np.isnan(stacked[:, c]).all() else "",
                     "ap_std": float(np.nanstd(stacked[:, c], ddof=1)) if len(arrays) > 1 and
                     not np.isnan(stacked[:, c]).all() else 0.0,
@@ -301,13 +360,15 @@ def _save_head(folder: Path, result: HeadResult, seed: int, head: torch.nn.Modul
         "head": result.name, "config": json.dumps(head.config), "lr": repr(result.lr),
         "weight_decay": repr(result.weight_decay), "seed": str(seed),
     }
+    if isinstance(result.layer, int):  # one layer of several: the layer it reads (a mixing head's config has its own)
+        metadata["layer"] = str(result.layer)
     state = {key: value.detach().cpu().contiguous() for key, value in head.state_dict().items()}
-    save_file(state, str(folder / f"{result.name}_seed{seed}.safetensors"), metadata=metadata)
+    save_file(state, str(folder / f"{result.key}_seed{seed}.safetensors"), metadata=metadata)
     if hasattr(head, "packed_prototypes"):
         packed = head.packed_prototypes()
         save_file(
             {"bits": torch.from_numpy(np.asarray(packed["bits"], dtype=np.uint8))},
-            str(folder / f"{result.name}_seed{seed}.prototypes_packed.safetensors"),
+            str(folder / f"{result.key}_seed{seed}.prototypes_packed.safetensors"),
             metadata={"shape": json.dumps(packed["shape"]), "encoding": packed["encoding"], **metadata},
         )
 
@@ -326,7 +387,8 @@ def ledger_rows(report: ProbeReport, store: TokenStore) -> list[dict]:
                 "timestamp": timestamp, "run_dir": str(report.run_dir), "store": str(report.config["store"]),
                 "encoder": encoder.get("name", store.provenance.get("source", "")),
                 "checkpoint_sha256": encoder.get("checkpoint_sha256") or "",
-                "layer": report.config["layer"], "task": report.config["task"], "head": result.name,
+                "layer": report.config["layer"] if result.layer is None else layers_label(result.layer),
+                "task": report.config["task"], "head": result.name,
                 "kind": result.kind, "options": json.dumps(result.options, sort_keys=True), "lr": result.lr,
                 "weight_decay": result.weight_decay, "seed": entry["seed"], "epochs": train["epochs"],
                 "batch_size": train["batch_size"], "num_parameters": result.num_parameters, "metric": result.metric,
@@ -375,8 +437,9 @@ def _add_ledger_columns(handle) -> None:
     handle.write(buffer.getvalue())
 
 
-# Ledger columns read as numbers: column -> "float" (finite), "int", "metric" (a number, NaN or empty), "layer" (int
-# or empty). A hand-edited row that breaks them is left out, never averaged into a table.
+# Ledger columns read as numbers: column -> "float" (finite), "int", "metric" (a number, NaN or empty), "layer" (int,
+# a mixing head's layers as `layers_label` writes them, or empty). A hand-edited row that breaks them is left out,
+# never averaged into a table.
 LEDGER_NUMBERS = {
     "lr": "float", "weight_decay": "float", "seed": "int", "epochs": "int", "batch_size": "int",
     "num_parameters": "int", "layer": "layer", "valid": "metric", "test": "metric", "test_map": "metric",
@@ -392,6 +455,8 @@ def _ledger_value_problem(column: str, text: str) -> str | None:
     if text == "" and kind in ("metric", "layer"):
         return None
     shown = repr(text[:40] + ("..." if len(text) > 40 else ""))
+    if kind == "layer" and LAYERS_LABEL.fullmatch(text):
+        return None  # the layers a mixing head mixed, e.g. '0-11'
     if kind in ("int", "layer"):
         try:
             int(text)
@@ -505,7 +570,8 @@ def _rows_from_report(report: ProbeReport) -> list[dict]:
     rows = []
     for r in report.results:
         rows.append({
-            "store": Path(report.config["store"]).name, "layer": report.config["layer"], "head": r.name,
+            "store": Path(report.config["store"]).name,
+            "layer": report.config["layer"] if r.layer is None else layers_label(r.layer), "head": r.name,
             "kind": r.kind, "lr": r.lr, "weight_decay": r.weight_decay, "params": r.num_parameters,
             "seeds": len(r.per_seed), "metric": r.metric,
             "valid": (r.valid.get(r.metric), r.valid.get(f"{r.metric}_std")),

@@ -1,7 +1,8 @@
 """Probe training on cached tokens: a bank of K heads trained together, every batch read once.
 
 Data flows store -> SplitData (embedcache.loader: in memory or streamed by whole chunks) -> one TokenBatch per batch
--> every head.
+-> every head. Over several layers a batch holds every chosen layer once: a head on layer L reads that layer's
+TokenBatch (HeadSpec.layer), a layer-mixing head (layermix) reads them all, stacked (heads.layermix.LayerStack).
 Each head has its own generator, AdamW and cosine schedule, and the batch order depends only on the data seed,
 so a head trained in a bank of K ends bit-identical to the same head trained alone (on the CPU).
 """
@@ -21,6 +22,7 @@ import torch
 from embedcache import heads as head_registry
 from embedcache import losses, metrics
 from embedcache.errors import ConfigError
+from embedcache.heads.layermix import LayerMixHead, LayerStack
 from embedcache.loader import DATA_PATHS, RawBatch, SplitData
 from embedcache.settings import settings_from_dict
 
@@ -52,15 +54,25 @@ def _shown(value) -> str:
     return repr(float(value)) if isinstance(value, int | float) and not isinstance(value, bool) else repr(value)[:60]
 
 
+def mixes_layers(kind: str) -> bool:
+    """Whether a head kind reads every chosen layer at once (it takes a `layers` option: layermix)."""
+    return "layers" in head_registry.head_options(kind)
+
+
 @dataclass
 class HeadSpec:
-    """One member of a bank: a head kind with its options, its optimiser settings and its init seed."""
+    """One member of a bank: a head kind with its options, its optimiser settings and its init seed.
+
+    layer: the stored layer the head reads; None: the data's only layer. A layer-mixing kind (layermix) leaves it
+    None and reads every layer of the data (or those its `layers` option names).
+    """
 
     kind: str
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
     options: dict = field(default_factory=dict)
+    layer: int | None = None
 
     def validate(self) -> None:
         """Raise ConfigError for settings the optimiser would reject with a traceback (negative or NaN lr, ...)."""
@@ -70,10 +82,14 @@ class HeadSpec:
         checked_weight_decay(self.weight_decay, f"head {self.kind}: weight_decay")
         if not isinstance(self.options, dict):
             raise ConfigError(f"head {self.kind}: options {self.options!r} is not a mapping")
+        if self.layer is not None and mixes_layers(self.kind):
+            raise ConfigError(f"head {self.kind}: it mixes layers, so it takes no single layer ({self.layer}); name "
+                              "the layers it mixes in its `layers` option")
 
     @property
     def label(self) -> str:
         extra = "".join(f" {key}={value}" for key, value in sorted(self.options.items()))
+        extra += "" if self.layer is None else f" layer={self.layer}"
         return f"{self.kind} lr={self.lr:g} wd={self.weight_decay:g}{extra} seed={self.seed}"
 
 
@@ -161,6 +177,7 @@ class HeadBank:
 
     Learned state: heads_ (modules), curves_ (rows per head and epoch), valid_metrics_ (final, per head),
     data_paths_ (which path ran per split), loss_kind_, multilabel_.
+    Over several layers each head reads the layer its spec names, a layer-mixing head all of them (see `head_input`).
     """
 
     def __init__(self, specs: Sequence[HeadSpec], config: TrainConfig | None = None, multilabel: bool | None = None):
@@ -177,11 +194,15 @@ class HeadBank:
             spec.validate()
         self.heads_ = []
         for spec in self.specs:
+            options = dict(spec.options)
+            if mixes_layers(spec.kind) and options.get("layers") is None:
+                options["layers"] = list(train.layers)  # every layer of the data, recorded in the head's config
             head = head_registry.create(
                 spec.kind, num_classes=len(store.label_names), embed_dim=store.embed_dim,
-                has_prefix=store.num_prefix > 0, generator=torch.Generator().manual_seed(spec.seed), **spec.options,
+                has_prefix=store.num_prefix > 0, generator=torch.Generator().manual_seed(spec.seed), **options,
             )
             self.heads_.append(head.to(train.device))
+        self.routes_ = head_routes(self.heads_, [spec.layer for spec in self.specs], train.layers)
 
     def _init_rng(self, device: torch.device) -> None:
         # Heads with dropout draw from the global RNG: give each its own RNG state so neighbours cannot shift it.
@@ -273,7 +294,7 @@ class HeadBank:
                 head_losses = []
                 for k in active:
                     with self._head_rng(k, device), self._autocast(device):
-                        logits = self.heads_[k](batch)
+                        logits = self.heads_[k](head_input(batch, self.routes_[k]))
                     head_losses.append(self.loss_fn_(logits.float(), targets) + self.heads_[k].auxiliary_loss())
                 optimiser.zero_grad(set_to_none=True)
                 torch.stack(head_losses).sum().backward()
@@ -317,11 +338,11 @@ class HeadBank:
         inputs: dict = {}
 
         def labelled(data: SplitData, k: int) -> head_registry.LabelledSplit:
-            key = data.split
+            key = (data.split, self.routes_[k])
             if key not in inputs:
-                def batches():
+                def batches(route=self.routes_[k]):
                     for raw in data.batches(self.config.batch_size):
-                        yield raw.positions, _token_batch(raw)
+                        yield raw.positions, head_input(_token_batch(raw), route)
 
                 inputs[key] = head_registry.LabelledSplit(batches, data.labels, self.multilabel_)
             return inputs[key]
@@ -376,30 +397,100 @@ class HeadBank:
         """Scores [N, C] per selected head over the whole split, in split order (sigmoid or softmax)."""
         chosen = list(range(len(self.heads_))) if which is None else list(which)
         return predict_scores([self.heads_[k] for k in chosen], data, self.multilabel_, self.config.batch_size,
-                              amp=self.config.amp)
+                              amp=self.config.amp, layers=[self.specs[k].layer for k in chosen])
 
 
 @torch.no_grad()
 def predict_scores(
-    heads: Sequence[torch.nn.Module], data: SplitData, multilabel: bool, batch_size: int = 128, amp: bool = True
+    heads: Sequence[torch.nn.Module], data: SplitData, multilabel: bool, batch_size: int = 128, amp: bool = True,
+    layers: Sequence[int | None] | None = None,
 ) -> list[np.ndarray]:
-    """Scores [N, C] of each head over the whole split, in split order: sigmoid (multi-label) or softmax."""
+    """Scores [N, C] of each head over the whole split, in split order: sigmoid (multi-label) or softmax.
+
+    layers: per head, the stored layer it reads (None, the default: the data's only layer; see `head_routes`).
+    """
     for head in heads:
         head.eval()
+    routes = head_routes(heads, layers or [None] * len(heads), data.layers)
     outputs: list[list[torch.Tensor]] = [[] for _ in heads]
     autocast = data.device.type == "cuda" and amp
     for raw in data.batches(batch_size):
         batch = _token_batch(raw)
         for slot, head in enumerate(heads):
             with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
-                logits = head(batch).float()
+                logits = head(head_input(batch, routes[slot])).float()
             probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
             outputs[slot].append(probs.cpu())
     return [torch.cat(parts).numpy() for parts in outputs]
 
 
-def _token_batch(raw: RawBatch) -> head_registry.TokenBatch:
+def _token_batch(raw: RawBatch) -> head_registry.TokenBatch | LayerBatches:
     # The store keeps float16/bfloat16 to halve memory; heads compute in float32 (autocast narrows on CUDA).
+    if raw.tokens.dim() == 4:
+        return LayerBatches(raw)
     return head_registry.TokenBatch(
         tokens=raw.tokens.float(), mask=raw.mask, prefix=None if raw.prefix is None else raw.prefix.float()
     )
+
+
+# -- layers: which input each head reads --------------------------------------------------------------------
+Route = int | tuple[int, ...]
+
+
+class LayerBatches:
+    """One batch of several layers ([B, L, T, D] as served): layer i's TokenBatch built on first use and shared by
+    every head on that layer, and the stacks layer-mixing heads read."""
+
+    def __init__(self, raw: RawBatch):
+        self.raw = raw
+        self._layers: dict[int, head_registry.TokenBatch] = {}
+
+    def layer(self, index: int) -> head_registry.TokenBatch:
+        """The TokenBatch of layer `index` (a position in the data's layers)."""
+        if index not in self._layers:
+            raw = self.raw
+            self._layers[index] = head_registry.TokenBatch(
+                tokens=raw.tokens[:, index].float(), mask=raw.mask,
+                prefix=None if raw.prefix is None else raw.prefix[:, index].float(),
+            )
+        return self._layers[index]
+
+
+def head_input(batch: head_registry.TokenBatch | LayerBatches, route: Route):
+    """What a head reads from a batch: one layer's TokenBatch (route: its position in the data's layers) or, for a
+    layer-mixing head (route: a tuple of positions), a LayerStack of those layers."""
+    if isinstance(batch, head_registry.TokenBatch):
+        return batch if isinstance(route, int) else LayerStack([batch])
+    if isinstance(route, int):
+        return batch.layer(route)
+    return LayerStack([batch.layer(index) for index in route])
+
+
+def head_routes(heads: Sequence[torch.nn.Module], layers: Sequence[int | None],
+                data_layers: Sequence[int]) -> list[Route]:
+    """Per head, where its input sits among `data_layers`: the position of its layer (None: the data's only layer),
+    or for a layer-mixing head (one with a `layers` list) the positions of the layers it mixes, in its order."""
+    data_layers = list(data_layers)
+    routes: list[Route] = []
+    for head, layer in zip(heads, layers, strict=True):
+        if isinstance(head, LayerMixHead):
+            wanted = head.layers if head.layers is not None else data_layers[:1] if len(data_layers) == 1 else None
+            if wanted is None or head.num_layers != len(wanted):
+                raise ConfigError(f"{head.kind} head mixes {head.num_layers} layer(s) but the data holds layers "
+                                  f"{data_layers}; give it the layers it names")
+            missing = [value for value in wanted if value not in data_layers]
+            if missing:
+                raise ConfigError(f"{head.kind} head mixes layers {wanted}, but the data holds {data_layers} (no "
+                                  f"{missing}); read the store with those layers")
+            routes.append(tuple(data_layers.index(value) for value in wanted))
+        elif layer is None:
+            if len(data_layers) != 1:
+                raise ConfigError(f"{getattr(head, 'kind', 'a')} head has no layer, but the data holds layers "
+                                  f"{data_layers}; give every head its layer (HeadSpec.layer)")
+            routes.append(0)
+        elif layer in data_layers:
+            routes.append(data_layers.index(layer))
+        else:
+            raise ConfigError(f"{getattr(head, 'kind', 'a')} head reads layer {layer}, but the data holds layers "
+                              f"{data_layers}; open the split with that layer")
+    return routes

@@ -11,6 +11,7 @@ from embedcache.heads.attentive import AttentiveHead
 from embedcache.heads.base import ProbeHead, TokenBatch, masked_max
 from embedcache.heads.ep import EfficientProbingHead
 from embedcache.heads.knn import KNNHead
+from embedcache.heads.layermix import LayerMixHead
 from embedcache.heads.logreg import LogRegHead
 from embedcache.heads.pooled import POOLINGS, LabelledSplit, LinearHead, MLPHead
 from embedcache.heads.prototype import (
@@ -57,6 +58,7 @@ _CLASSES: dict[str, type[ProbeHead]] = {
     "proto": ProtoHead,
     "protofloat": ProtoFloatHead,
     "protobin": ProtoBinHead,
+    "layermix": LayerMixHead,
     "knn": KNNHead,
     "logreg": LogRegHead,
 }

@@ -3,8 +3,9 @@
 `build_report(source, out_dir)` accepts a probe run directory (metrics.json), a sweep directory (trials.csv, with its
 final/ run) or a ledger CSV, and writes what the source supports: where a prototype head's prototypes fire on clips
 chosen to cover the classes (true, predicted and missed labels marked, one colour scale), per-class AP of every head
-with its spread over seeds, head tables scoped to one store fingerprint and subset, sweep plots and training curves
-(one panel per head).
+with its spread over seeds, scores per layer of a run over several layers (with a layer-mixing head's learned
+weights), head tables scoped to one store fingerprint and subset, sweep plots and training curves (one panel per
+head).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from embedcache.report.evidence import (
     predicted_classes,
 )
 from embedcache.report.page import Section, head_table_html, render_page
-from embedcache.report.tables import head_tables, per_class_ap, read_csv, sweep_trials
+from embedcache.report.tables import head_tables, layer_scores, per_class_ap, read_csv, sweep_trials
 from embedcache.results import read_ledger
 from embedcache.store import TokenStore
 
@@ -105,18 +106,35 @@ def _run_config(run_dir: Path) -> dict:
     return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
 
 
-def _prototype_weights(run_dir: Path, head: str | None) -> tuple[str, Path] | None:
-    """(head name, weights file of its lowest seed) of the first prototype head of a run, or of `head`."""
+def _prototype_weights(run_dir: Path, head: str | None) -> tuple[str, Path, int | None] | None:
+    """(head name, weights file of its lowest seed, its layer) of the first prototype head of a run, or of `head`;
+    in a run over several layers, on the layer with its best validation score (layer None: the run's one layer)."""
     config = _run_config(run_dir)
     for entry in config.get("heads", []):
         if (head is None and entry["kind"] in PROTOTYPE_KINDS) or entry["name"] == head:
+            stem = _best_layer_key(run_dir, entry["name"])
             # weights/<name>_seed<s>.safetensors; the packed-prototype files beside them do not match the pattern.
-            pattern = re.compile(rf"{re.escape(entry['name'])}_seed(\d+)\.safetensors")
+            pattern = re.compile(rf"{re.escape(stem[0])}_seed(\d+)\.safetensors")
             seeds = {int(m.group(1)): f for f in (run_dir / "weights").glob("*.safetensors")
                      if (m := pattern.fullmatch(f.name))}
             if seeds:
-                return entry["name"], seeds[min(seeds)]
+                return entry["name"], seeds[min(seeds)], stem[1]
     return None
+
+
+def _best_layer_key(run_dir: Path, name: str) -> tuple[str, int | None]:
+    """(file stem, layer) of head `name`: in a run over several layers its key on the best validation layer."""
+    entries = [h for h in _metrics_heads(run_dir) if h.get("head") == name and isinstance(h.get("layer"), int)]
+    if not entries:
+        return name, None
+
+    def valid(entry: dict) -> float:
+        values = [v for k, v in (entry.get("valid") or {}).items() if not k.endswith("_std")
+                  and isinstance(v, float)]
+        return values[0] if values and np.isfinite(values[0]) else -np.inf
+
+    best = max(entries, key=valid)
+    return str(best.get("key") or f"{name}_L{best['layer']}"), int(best["layer"])
 
 
 def choose_clips(store: TokenStore, config: dict, clips: list[str] | None,
@@ -152,11 +170,11 @@ def prototype_section(run_dir: Path, out_dir: Path, clips: list[str] | None, cou
         what = f"head {head!r}" if head else f"a prototype head ({', '.join(PROTOTYPE_KINDS)})"
         section.paragraphs.append(f"{run_dir.name} has no weights of {what}; nothing to draw.")
         return section, []
-    name, weights = found
+    name, weights, layer = found
     config = _run_config(run_dir)
     store = TokenStore.open(config["store"], subset=config.get("subset"))  # the run's view: same label columns
     probe_head = load_head(weights)
-    layer = config.get("layer")
+    layer = config.get("layer") if layer is None else layer
     multilabel = config.get("task", "multilabel") == "multilabel"
     labels = np.asarray(store.labels)
     drawn, manifests = [], {}
@@ -232,6 +250,30 @@ def per_class_section(run_dirs: list[Path], out_dir: Path, heads: list[str] | No
     return section, images
 
 
+def layers_section(run_dir: Path, out_dir: Path) -> tuple[Section | None, list[Path]]:
+    """A run over several layers: each head's score per layer, and a layer-mixing head's learned weights."""
+    scores = layer_scores(run_dir)
+    if scores is None:
+        return None, []
+    path = figures.save(figures.layers_figure(scores), out_dir / "layers.png")
+    section = Section("Layers", images=[(path, "score per layer, one line per head")])
+    lines = []
+    for curve in scores.curves:
+        if curve.weights is not None:
+            top = int(np.argmax(curve.weights))
+            lines.append(f"{curve.head} mixes layers {curve.layers[0]}-{curve.layers[-1]} with most weight on layer "
+                         f"{curve.layers[top]} ({curve.weights[top]:.2f})")
+        elif np.isfinite(curve.mean).any():
+            best = int(np.nanargmax(curve.mean))
+            lines.append(f"{curve.head} is best on layer {curve.layers[best]} ({curve.mean[best]:.3f})")
+    section.paragraphs.append(
+        f"Run {scores.run} trained every head on every chosen layer in one pass; each point is that head's chosen "
+        f"configuration on that layer ({scores.metric} on {scores.split}, mean ± std over seeds); the numbers are in "
+        f"layers.csv. " + "; ".join(lines) + "."
+    )
+    return section, [path]
+
+
 def curves_section(run_dir: Path, out_dir: Path) -> tuple[Section | None, list[Path]]:
     """One small panel pair (train loss, validation metric) per head of the run's curves.csv."""
     if not (run_dir / "curves.csv").is_file():
@@ -295,6 +337,10 @@ def build_report(
         section, drawn = per_class_section(sources.run_dirs, out_dir, heads)
         sections.append(section)
         images += drawn
+        section, drawn = layers_section(sources.run_dirs[0], out_dir)
+        if section is not None:
+            sections.append(section)
+            images += drawn
     else:
         notes.append("no probe run directory found: no prototype maps or per-class AP")
 

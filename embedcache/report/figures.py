@@ -29,7 +29,7 @@ from embedcache.report.evidence import (
     ClipEvidence,
     grid_map,
 )
-from embedcache.report.tables import METRIC_NAMES, PerClassAP, SweepTrials
+from embedcache.report.tables import METRIC_NAMES, LayerScores, PerClassAP, SweepTrials
 
 DPI = 110
 # Marker, colour and meaning of each status a drawn class can have (text colour, frame colour and legend).
@@ -195,6 +195,57 @@ def per_class_figure(series: Sequence[PerClassAP], max_named: int = 40) -> Figur
         axis.grid(axis="y", alpha=0.3)
     axis.set_title(f"per-class AP of {len(series)} head(s), sorted by {first.head}", fontsize=10, loc="left")
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return figure
+
+
+# -- layers --------------------------------------------------------------------------------------------------
+def layers_figure(scores: LayerScores) -> Figure:
+    """Score vs layer, one line per head with error bars (std over seeds); a layer-mixing head is a dashed level
+    over the layers it mixes, and its softmax weight per layer gets a panel of its own below."""
+    mixes = [curve for curve in scores.curves if curve.weights is not None]
+    figure = Figure(figsize=(8.0, 6.8 if mixes else 4.2), layout="constrained")
+    axis = figure.add_subplot(2 if mixes else 1, 1, 1)
+    styles = head_styles(len(scores.curves))
+    every = sorted({layer for curve in scores.curves for layer in curve.layers})
+    split = scores.split if scores.split == "test" else "valid (the run has no test split)"
+    label = f"{METRIC_NAMES.get(scores.metric, scores.metric)} on {split}"
+    for curve, (colour, marker) in zip(scores.curves, styles):
+        spread = f"{curve.mean[0]:.3f} ± {curve.std[0]:.3f}" if len(curve.mean) else "-"
+        if curve.weights is not None:
+            span = [min(curve.layers) - 0.3, max(curve.layers) + 0.3]
+            axis.plot(span, [curve.mean[0]] * 2, linestyle="--", color=colour, linewidth=1.8,
+                      label=f"{curve.head}{'' if curve.head == curve.kind else f' ({curve.kind})'}: mix of "
+                      f"{len(curve.layers)} layers, {spread}")
+            axis.fill_between(span, curve.mean[0] - curve.std[0], curve.mean[0] + curve.std[0], color=colour,
+                              alpha=0.12, linewidth=0)
+            continue
+        best = int(np.nanargmax(curve.mean)) if np.isfinite(curve.mean).any() else 0
+        axis.errorbar(curve.layers, curve.mean, yerr=np.nan_to_num(curve.std), fmt=f"-{marker}", color=colour,
+                      markersize=5, capsize=2.5, label=f"{curve.head} (best layer {curve.layers[best]}: "
+                      f"{curve.mean[best]:.3f})")
+    shown = every[:: math.ceil(len(every) / 16)] if every else every  # at most 16 tick labels: they never crowd
+    axis.set_xticks(shown, [str(layer) for layer in shown])
+    axis.set_xlabel("layer")
+    axis.set_ylabel(label)
+    axis.grid(alpha=0.3)
+    axis.set_title(f"{label} per layer, mean ± std over seeds (run {scores.run})", fontsize=10, loc="left")
+    axis.legend(fontsize=8, loc="best")
+    if mixes:
+        weights_axis = figure.add_subplot(2, 1, 2, sharex=axis)
+        width = 0.8 / len(mixes)
+        mix_styles = [styles[scores.curves.index(curve)] for curve in mixes]
+        for i, (curve, (colour, _)) in enumerate(zip(mixes, mix_styles)):
+            offset = (i - (len(mixes) - 1) / 2) * width
+            weights_axis.bar(np.array(curve.layers) + offset, curve.weights, width, yerr=curve.weights_std,
+                             color=colour, alpha=0.8, capsize=2, label=curve.head)
+        weights_axis.axhline(1.0 / max(len(mixes[0].layers), 1), color="#777777", linewidth=0.8, linestyle=":",
+                             label="uniform")
+        weights_axis.set_xlabel("layer")
+        weights_axis.set_ylabel("softmax weight")
+        weights_axis.grid(axis="y", alpha=0.3)
+        weights_axis.set_title("learned layer weights of the layer-mixing head(s), mean ± std over seeds",
+                               fontsize=10, loc="left")
+        weights_axis.legend(fontsize=8, loc="best")
     return figure
 
 

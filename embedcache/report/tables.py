@@ -1,5 +1,6 @@
 """The numbers a report shows: head tables from a ledger (one per store fingerprint and subset, so no table mixes
-data), per-class AP of a run's heads with its spread over seeds, and sweep trials."""
+data), per-class AP of a run's heads with its spread over seeds, scores per layer of a run over several layers, and
+sweep trials."""
 
 from __future__ import annotations
 
@@ -281,6 +282,74 @@ def per_class_ap(run_dir: str | Path, heads: list[str] | None = None) -> list[Pe
     return result
 
 
+@dataclass
+class LayerCurve:
+    """One head of a run over several layers: its score per layer (mean and std over seeds), or for a layer-mixing
+    head (weights set) one score over the layers it mixes and its softmax weight per layer (mean, std over seeds)."""
+
+    head: str
+    kind: str
+    layers: list[int]
+    mean: np.ndarray
+    std: np.ndarray
+    weights: np.ndarray | None = None
+    weights_std: np.ndarray | None = None
+
+
+@dataclass
+class LayerScores:
+    """A run over several layers: each head's score per layer (`metric` on `split`) and its layer-mixing heads."""
+
+    run: str
+    metric: str
+    split: str  # "test", or "valid" for a run without a test split
+    curves: list[LayerCurve]
+
+
+def layer_scores(run_dir: str | Path) -> LayerScores | None:
+    """Scores per layer of a run over several layers (its metrics.json), mAP where the run has it, else its selection
+    metric; None for a run over one layer."""
+    try:
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("layer"), list):
+        return None
+    entries = [entry for entry in metrics.get("heads") or [] if isinstance(entry, dict) and "layer" in entry]
+    if not entries:
+        return None
+    split = "test" if any(entry.get("test") for entry in entries) else "valid"
+    metric = "map" if any("map" in (entry.get(split) or {}) for entry in entries) else metrics.get(
+        "selection_metric", "map")
+
+    def score(entry: dict) -> tuple[float, float]:
+        values = entry.get(split) or {}
+        return _nan_number(values.get(metric)), _nan_number(values.get(f"{metric}_std", 0.0))
+
+    curves: dict[str, LayerCurve] = {}
+    for entry in entries:
+        name, layer = str(entry.get("head")), entry["layer"]
+        mean, std = score(entry)
+        if isinstance(layer, list):
+            weights = np.array([e["layer_weights"] for e in entry.get("per_seed") or [] if "layer_weights" in e],
+                               dtype=np.float64)
+            ok = weights.ndim == 2 and weights.shape[1] == len(layer)
+            curves[name] = LayerCurve(
+                name, str(entry.get("kind")), [int(v) for v in layer], np.array([mean]), np.array([std]),
+                weights.mean(axis=0) if ok else None,
+                (weights.std(axis=0, ddof=1) if len(weights) > 1 else np.zeros(len(layer))) if ok else None)
+            continue
+        curve = curves.setdefault(name, LayerCurve(name, str(entry.get("kind")), [], np.zeros(0), np.zeros(0)))
+        curve.layers.append(int(layer))
+        curve.mean, curve.std = np.append(curve.mean, mean), np.append(curve.std, std)
+    for curve in curves.values():
+        if curve.weights is None and len(curve.layers) > 1:
+            order = np.argsort(curve.layers)
+            curve.layers = [curve.layers[i] for i in order]
+            curve.mean, curve.std = curve.mean[order], curve.std[order]
+    return LayerScores(Path(run_dir).name, metric, split, list(curves.values()))
+
+
 def _nan_number(text) -> float:
     value = _number(text)
     return np.nan if value is None else value
@@ -290,7 +359,8 @@ def _seed_counts(run_dir: Path) -> dict[str, int]:
     """Head name -> number of seeds, from the run's metrics.json."""
     try:
         heads = json.loads((run_dir / "metrics.json").read_text()).get("heads") or []
-        return {h["head"]: len(h.get("per_seed") or []) or 1 for h in heads}
+        # A head on one layer of several is named by its key (<name>_L<layer>) in per_class_ap.csv.
+        return {h.get("key", h["head"]): len(h.get("per_seed") or []) or 1 for h in heads}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return {}
 
