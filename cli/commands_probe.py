@@ -24,8 +24,9 @@ def _numbers(text: str | None, option: str) -> list[float] | None:
 
 @click.command("probe")
 @click.argument("store", required=False)
-@click.option("--head", "heads", help="Head kinds, comma-separated: linear,mlp,attentive,proto,protofloat,protobin "
-              "(default: the config's heads; built in: linear,attentive,protobin)")
+@click.option("--head", "heads", help="Head kinds, comma-separated: linear,mlp,attentive,ep,simpool,abmilp,proto,"
+              "protofloat,protobin,layermix,knn,logreg (default: the config's heads; built in: "
+              "linear,attentive,protobin)")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Probe config YAML (configs/probes/); the options below override it.")

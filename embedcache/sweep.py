@@ -653,6 +653,9 @@ def run_sweeps(
     resolved = resolve_config(config, store=absolute_url(store_path) if store_path is not None else None)
     if resolved["store"] is None:
         raise ConfigError("no store given: pass STORE or set `store:` in the config")
+    if isinstance(resolved["layer"], list) or resolved["layer"] == "all":
+        raise ConfigError(f"layer: {resolved['layer']!r}: a sweep tunes one layer at a time; give one layer "
+                          "(--layer N in probe configs, layer: N) and sweep each layer you want as its own study")
     stores, resolved["splits"], notes = choose_splits(resolved)
     for note in notes:
         log(note)

@@ -473,3 +473,11 @@ def test_two_worker_processes_share_one_postgresql_study(store, tmp_path):
         _two_workers(store, tmp_path, POSTGRES_URL, study)
     finally:
         optuna.delete_study(study_name=study, storage=POSTGRES_URL)
+
+
+def test_a_sweep_over_several_layers_is_refused_up_front(tmp_path):
+    tokens = np.zeros((8, 2, 4), np.float32)
+    store = write_store(tmp_path / "two.zarr", {0: tokens, 1: tokens}, np.eye(2, dtype=np.uint8)[np.arange(8) % 2],
+                        ["a", "b"], [f"c{i}" for i in range(8)], ["train"] * 4 + ["valid"] * 4, (2, 1))
+    with pytest.raises(ConfigError, match="a sweep tunes one layer at a time"):
+        run_sweep(store.path, "linear", tmp_path / "s", config={"layer": "all"})
