@@ -44,11 +44,16 @@ class EncoderEntry:
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A data set of the matrix: its manifest, and extract settings (max_seconds, window, ...) for its stores."""
+    """A data set of the matrix: its manifest, and extract settings (max_seconds, window, ...) for its stores.
+
+    A data set not at hand yet can be planned (`--dry-run` only) from its size: `planned` holds clips, train_clips,
+    seconds (typical clip length) and classes instead of a manifest.
+    """
 
     name: str
-    manifest: str
+    manifest: str | None
     extract: dict = field(default_factory=dict)
+    planned: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -109,14 +114,19 @@ def load_suite(path: str | Path) -> Suite:
                                      _relative(base, entry.get("checkpoint")), bool(entry.get("random_init", False)),
                                      dict(entry.get("options") or {}), str(entry.get("layers", "last"))))
     datasets = []
+    planning = {"clips", "train_clips", "seconds", "classes"}
     for index, entry in enumerate(raw.get("datasets") or []):
-        if not isinstance(entry, dict) or not {"name", "manifest"} <= set(entry):
-            raise ConfigError(f"{path}: datasets[{index}]: give a name and a manifest")
-        extra = sorted(set(entry) - {"name", "manifest", "extract"})
+        if not isinstance(entry, dict) or "name" not in entry or not ("manifest" in entry or planning <= set(entry)):
+            raise ConfigError(f"{path}: datasets[{index}]: give a name and a manifest (or, to plan with --dry-run, "
+                              "clips, train_clips, seconds and classes)")
+        extra = sorted(set(entry) - {"name", "manifest", "extract"} - planning)
         if extra:
             raise ConfigError(f"{path}: datasets[{index}]: unknown key(s) {extra}")
-        datasets.append(DatasetEntry(str(entry["name"]), _relative(base, entry["manifest"]),
-                                     dict(entry.get("extract") or {})))
+        planned = {key: entry[key] for key in planning if key in entry}
+        if planned and not all(isinstance(value, int | float) and value > 0 for value in planned.values()):
+            raise ConfigError(f"{path}: datasets[{index}]: clips, train_clips, seconds and classes must be numbers > 0")
+        datasets.append(DatasetEntry(str(entry["name"]), _relative(base, entry.get("manifest")),
+                                     dict(entry.get("extract") or {}), planned))
     heads = raw.get("heads") or []
     heads = [h.strip() for h in heads.split(",")] if isinstance(heads, str) else [str(h) for h in heads]
     for what, names in (("encoders", [e.label for e in encoders]), ("datasets", [d.name for d in datasets]),
@@ -184,11 +194,15 @@ def estimate(suite: Suite, cells: list[CellPlan], measure: bool = True) -> dict:
                                                                                    or {})
     stores, extract_s, probe_s, notes = [], 0.0, 0.0, []
     for dataset in suite.datasets:
-        manifest = read_manifest(dataset.manifest)
-        n_clips = len(manifest.clips)
-        train_clips = sum(1 for clip in manifest.clips if clip.split == "train") or n_clips
-        seconds = float(dataset.extract.get("window") or dataset.extract.get("max_seconds") or
-                        _median_seconds([clip.path for clip in manifest.clips[:50]]))
+        if dataset.manifest is None:  # planned from its size alone
+            n_clips, train_clips = int(dataset.planned["clips"]), int(dataset.planned["train_clips"])
+            seconds, n_classes = float(dataset.planned["seconds"]), int(dataset.planned["classes"])
+        else:
+            manifest = read_manifest(dataset.manifest)
+            n_clips, n_classes = len(manifest.clips), len(manifest.label_names)
+            train_clips = sum(1 for clip in manifest.clips if clip.split == "train") or n_clips
+            seconds = float(dataset.extract.get("window") or dataset.extract.get("max_seconds") or
+                            _median_seconds([clip.path for clip in manifest.clips[:50]]))
         for encoder in suite.encoders:
             row = describe(encoder.name, seconds)
             if "error" in row:
@@ -206,13 +220,17 @@ def estimate(suite: Suite, cells: list[CellPlan], measure: bool = True) -> dict:
             for cell in missing:
                 head_rate = head_rates.get(cell.head)
                 if head_rate is None and measure:
-                    head_rate = measure_head(cell.head, row["tokens"], row["embed_dim"], len(manifest.label_names))
+                    head_rate = measure_head(cell.head, row["tokens"], row["embed_dim"], n_classes)
                     head_rates[cell.head] = head_rate
                     notes.append(f"{cell.head}: {head_rate:.0f} clip-epochs/s measured here at T={row['tokens']}, "
                                  f"D={row['embed_dim']}")
                 if head_rate:
-                    # Every trial trains up to `epochs` (pruning is ignored: an upper bound), then top_k x seeds.
-                    clip_epochs = (sweep.trials + sweep.top_k * sweep.final_seeds) * epochs * train_clips
+                    # Every trial trains up to `epochs` (pruning is ignored: an upper bound), then top_k x seeds; a
+                    # head fitted without an optimiser (knn, logreg) is one pass per seed.
+                    if _fitted_once(cell.head):
+                        clip_epochs = sweep.final_seeds * train_clips
+                    else:
+                        clip_epochs = (sweep.trials + sweep.top_k * sweep.final_seeds) * epochs * train_clips
                     probe_s += clip_epochs / head_rate
             stores.append({"dataset": dataset.name, "encoder": encoder.label, "clips": n_clips,
                            "tokens": row["tokens"], "embed_dim": row["embed_dim"], "layers": layers,
@@ -228,6 +246,12 @@ def estimate(suite: Suite, cells: list[CellPlan], measure: bool = True) -> dict:
             "throughput: " + ("; ".join(notes) if notes else "as given in the suite's `throughput:`"),
         ],
     }
+
+
+def _fitted_once(kind: str) -> bool:
+    from embedcache import heads
+
+    return not heads.uses_optimiser(kind)
 
 
 def _median_seconds(paths: list[Path]) -> float:
@@ -278,6 +302,10 @@ def measure_head(kind: str, tokens: int, dim: int, classes: int, clips: int = 64
     device = resolve_device("auto")
     head = heads.create(kind, num_classes=classes, embed_dim=dim).to(device)
     batch = heads.TokenBatch(torch.randn(clips, tokens, dim, device=device))
+    if not head.uses_optimiser:  # fitted once from pooled tokens: the pooling pass is what it costs per clip
+        started = time.perf_counter()
+        batch.mean.sum().item()
+        return clips / max(1e-9, time.perf_counter() - started)
     optimiser = torch.optim.AdamW(head.parameters(), lr=1e-3) if any(True for _ in head.parameters()) else None
     target = torch.rand(clips, classes, device=device).round()
     started = time.perf_counter()
@@ -298,6 +326,10 @@ def run_suite(suite: Suite, log: Callable[[str], None] = print) -> list[dict]:
     from embedcache.extract import ExtractConfig, extract
     from embedcache.sweep import run_sweep
 
+    unplanned = [d.name for d in suite.datasets if d.manifest is None]
+    if unplanned:
+        raise ConfigError(f"suite: data set(s) {unplanned} have no manifest (sizes for --dry-run only); write their "
+                          "manifests (embedcache manifest ...) and name them")
     suite.out.mkdir(parents=True, exist_ok=True)
     (suite.out / "suite.yaml").write_text(yaml.safe_dump(_suite_record(suite), sort_keys=False))
     for dataset in suite.datasets:

@@ -97,3 +97,26 @@ def test_wins_need_more_than_one_std_and_the_suite_file_is_checked(tmp_path):
     with pytest.raises(Exception, match="unknown key"):
         bad.write_text("encoders: [melpatch]\nmodels: []\n")
         load_suite(bad)
+
+
+def test_a_dry_run_prices_planned_data_sets_from_the_given_throughput(tmp_path):
+    suite = tmp_path / "plan.yaml"
+    suite.write_text(json.dumps({
+        "encoders": ["melpatch"], "heads": ["linear", "knn"],
+        "datasets": [{"name": "big", "clips": 100, "train_clips": 70, "seconds": 5, "classes": 3}],
+        "protocol": {"train": {"epochs": 2}}, "sweep": {"trials": 2, "startup_trials": 2, "top_k": 1,
+                                                         "final_seeds": 2},
+        "throughput": {"encoder_clips_per_s": {"melpatch": 10}, "head_clip_epochs_per_s": {"linear": 100,
+                                                                                            "knn": 70}},
+        "out": str(tmp_path / "out"),
+    }))
+    result = CliRunner().invoke(main, ["suite", str(suite), "--dry-run", "--no-measure", "--json"])
+    assert result.exit_code == 0, result.output
+    cost = json.loads(result.output)
+    assert cost["extract_s"] == pytest.approx(100 / 10)
+    # linear: (2 trials + 1 x 2 seeds) x 2 epochs x 70 clips at 100/s; knn: fitted once per seed, 2 x 70 at 70/s
+    assert cost["probe_s"] == pytest.approx((2 + 2) * 2 * 70 / 100 + 2 * 70 / 70)
+    melpatch_5s = 31 * 4  # 501 frames // 16 x 64 // 16 tokens
+    assert cost["store_bytes"] == 100 * melpatch_5s * 256 * 2
+    run = CliRunner().invoke(main, ["suite", str(suite)])
+    assert run.exit_code == 1 and "have no manifest (sizes for --dry-run only)" in run.output
