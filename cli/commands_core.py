@@ -57,7 +57,8 @@ def encoders_command(seconds: float, as_json: bool) -> None:
 @click.option("--encoder-option", "encoder_options", multiple=True, help="key=value passed to the encoder factory.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Label vocabulary file, one per line.")
 @click.option("--layers", default="last", show_default=True, help="'last', 'all', or indices like '-1,-4'.")
-@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32", "int8"]), default="float16",
+              show_default=True, help="Token dtype; int8: symmetric codes with one float16 scale per token.")
 @click.option("--compression", type=click.Choice(["zstd", "none"]), default="zstd", show_default=True)
 @click.option("--batch-size", default=16, show_default=True, help="Clips per forward pass (aligned to chunks).")
 @click.option("--chunk-clips", type=int, help="Clips per stored chunk (default: about 4 MB per chunk).")

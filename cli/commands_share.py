@@ -1,4 +1,4 @@
-"""Sharing commands: verify, pack, copy, append, export (HDF5) and import."""
+"""Sharing commands: verify, pack, copy, append, export (HDF5), import and convert."""
 
 from __future__ import annotations
 
@@ -137,4 +137,47 @@ def import_command(h5_path: str, store: str, overwrite: bool) -> None:
     click.echo(f"{opened.path}: imported {opened.n_clips} clips, layers {opened.layers}")
 
 
-COMMANDS = [verify_command, pack_command, copy_command, append_command, export_command, import_command]
+@click.command("convert")
+@click.argument("source")
+@click.argument("destination")
+@click.option("--dtype", required=True, type=click.Choice(["int8", "float16", "bfloat16", "float32"]),
+              help="Token dtype of the new store; int8: symmetric codes with one float16 scale per token.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a token store already at DESTINATION (other files and folders are never replaced).")
+@click.option("--no-verify", is_flag=True, help="Skip the `verify` pass over the finished store.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def convert_command(source: str, destination: str, dtype: str, overwrite: bool, no_verify: bool,
+                    no_progress: bool) -> None:
+    """Write SOURCE's tokens as another dtype into a new store DESTINATION, chunk by chunk.
+
+    Labels, splits, row arrays and provenance are kept, the conversion is recorded in provenance.converted, and the
+    result is verified. Interrupted (even kill -9), the same command resumes where it stopped.
+
+    \b
+    Examples:
+      embedcache convert runs/sample.zarr runs/sample-int8.zarr --dtype int8
+      embedcache convert runs/sample-int8.zarr runs/sample-f16.zarr --dtype float16
+    """
+    from tqdm import tqdm
+
+    from embedcache.store.convert import convert_store
+
+    with tqdm(unit="chunk", disable=no_progress, desc=f"convert to {dtype}") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = convert_store(source, destination, dtype, overwrite=overwrite, verify=not no_verify,
+                               progress=progress)
+    sizes = ""
+    if report.source_bytes and report.destination_bytes:
+        share = report.destination_bytes / report.source_bytes
+        sizes = (f"; {report.destination_bytes / 1e6:.2f} MB on disk, {share:.2f} of the source's "
+                 f"{report.source_bytes / 1e6:.2f} MB")
+    checked = "" if no_verify else ", verified"
+    click.echo(f"{report.destination}: {report.dtype}, {report.chunks_written} of {report.chunks_total} chunks "
+               f"converted in {report.seconds:.1f} s{checked}{sizes}")
+
+
+COMMANDS = [verify_command, pack_command, copy_command, append_command, export_command, import_command,
+            convert_command]

@@ -608,23 +608,34 @@ class _ChunkBuffer:
 
     def add(self, indices: list[int], tokens: dict, prefix: dict, valid: list[int]):
         spec = self.spec
-        tokens = {layer: layout.to_stored(tokens[layer], spec.dtype) for layer in spec.layers}
-        prefix = {layer: layout.to_stored(prefix[layer], spec.dtype) for layer in spec.layers} \
+        # Converted (int8: quantised) where the encoder ran, so only the stored bytes leave the GPU.
+        tokens = {layer: layout.encode(tokens[layer], spec.dtype) for layer in spec.layers}
+        prefix = {layer: layout.encode(prefix[layer], spec.dtype) for layer in spec.layers} \
             if spec.num_prefix else {}
         for row, index in enumerate(indices):
             chunk = index // spec.chunk_clips
             self._parts.setdefault(chunk, []).append((
                 index,
-                {layer: tokens[layer][row] for layer in spec.layers},
-                {layer: prefix[layer][row] for layer in prefix},
+                {layer: _row(tokens[layer], row) for layer in spec.layers},
+                {layer: _row(prefix[layer], row) for layer in prefix},
                 valid[row],
             ))
             start, stop = spec.chunk_range(chunk)
             if len(self._parts[chunk]) == stop - start:
                 yield chunk, self._assemble(self._parts.pop(chunk))
 
-    def _assemble(self, parts: list) -> tuple[dict, dict, np.ndarray]:
+    def _assemble(self, parts: list) -> tuple[dict, dict, np.ndarray, dict | None, dict | None]:
+        """(tokens, prefix, valid_tokens, scales, prefix scales) of one chunk, as `write_chunk` takes them."""
         parts.sort(key=lambda part: part[0])
-        tokens = {layer: np.stack([p[1][layer] for p in parts]) for layer in self.spec.layers}
-        prefix = {layer: np.stack([p[2][layer] for p in parts]) for layer in parts[0][2]}
-        return tokens, prefix, np.array([p[3] for p in parts], np.int32)
+
+        def stacked(index: int, which: int) -> dict:
+            return {layer: np.stack([p[index][layer][which] for p in parts]) for layer in parts[0][index]}
+
+        quantized = layout.is_quantized(self.spec.dtype)
+        return (stacked(1, 0), stacked(2, 0), np.array([p[3] for p in parts], np.int32),
+                stacked(1, 1) if quantized else None, stacked(2, 1) if quantized else None)
+
+
+def _row(encoded: tuple[np.ndarray, np.ndarray | None], row: int) -> tuple[np.ndarray, np.ndarray | None]:
+    values, scales = encoded
+    return values[row], None if scales is None else scales[row]

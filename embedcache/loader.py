@@ -136,6 +136,8 @@ class RawBatch:
     """Clips as stored: tokens [B, T, D] and prefix [B, P, D] in the stored dtype, mask [B, T], targets [B, C].
 
     From a split over several layers, tokens are [B, L, T, D] and prefix [B, L, P, D] (L in SplitData.layers order).
+    An int8 store's batch holds the int8 codes with their float16 scales [B, (L,) T] and [B, (L,) P]: what is read and
+    moved to the device is int8, and `float_tokens` dequantises where the batch is (on the GPU when it is there).
     """
 
     tokens: torch.Tensor
@@ -143,10 +145,35 @@ class RawBatch:
     prefix: torch.Tensor | None
     targets: torch.Tensor
     positions: np.ndarray
+    scales: torch.Tensor | None = None
+    prefix_scales: torch.Tensor | None = None
+
+    @property
+    def quantized(self) -> bool:
+        """Whether tokens are int8 codes with per-token scales."""
+        return self.scales is not None
+
+    def float_tokens(self, layer: int | None = None) -> torch.Tensor:
+        """Tokens as float32 (int8: codes x scales), all layers or the one at position `layer` of a stacked batch."""
+        return _as_float(self.tokens, self.scales, layer)
+
+    def float_prefix(self, layer: int | None = None) -> torch.Tensor | None:
+        """Prefix tokens as float32 (see `float_tokens`), or None."""
+        return None if self.prefix is None else _as_float(self.prefix, self.prefix_scales, layer)
+
+
+def _as_float(values: torch.Tensor, scales: torch.Tensor | None, layer: int | None) -> torch.Tensor:
+    if layer is not None:
+        values, scales = values[:, layer], None if scales is None else scales[:, layer]
+    return values.float() if scales is None else layout.dequantize(values, scales)
 
 
 def _cat(parts: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
     return None if parts[0] is None else torch.cat(list(parts))
+
+
+def _take(values: torch.Tensor | None, rows) -> torch.Tensor | None:
+    return None if values is None else values[rows]
 
 
 class SplitData:
@@ -202,7 +229,7 @@ class SplitData:
 
     @property
     def nbytes(self) -> int:
-        """Bytes this split's tokens (and prefix) take in the stored dtype, every chosen layer."""
+        """Bytes this split's tokens (and prefix, and int8 scales) take as stored, every chosen layer."""
         return split_nbytes(self.store, self.n_clips) * len(self.layers)
 
     def _read_chunk(self, chunk: int) -> RawBatch:
@@ -211,25 +238,31 @@ class SplitData:
         stop = min(self.store.n_clips, start + self.store.chunk_clips)
         positions = np.flatnonzero(self.chunk_of == chunk)
         rows = torch.from_numpy(self.indices[positions] - start)
-        tokens, prefix = self._read_layers(start, stop)
+        (tokens, scales), (prefix, prefix_scales) = self._read_layers(start, stop)
+        if len(rows) == stop - start:
+            rows = slice(None)
         return RawBatch(
-            tokens=tokens[rows] if len(rows) < stop - start else tokens,
+            tokens=tokens[rows],
             mask=self.store.token_mask(start, stop)[rows],
-            prefix=None if prefix is None else prefix[rows],
+            prefix=_take(prefix, rows),
             targets=self._targets[positions],
             positions=positions,
+            scales=_take(scales, rows),
+            prefix_scales=_take(prefix_scales, rows),
         )
 
-    def _read_layers(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Tokens [n, T, D] (several layers: [n, L, T, D]) and prefix of store rows start:stop."""
+    def _read_layers(self, start: int, stop: int) -> tuple[tuple, tuple]:
+        """((tokens, scales), (prefix, prefix scales)) of store rows start:stop as stored: tokens [n, T, D] (several
+        layers: [n, L, T, D]); scales [n, (L,) T] for int8 stores, else None; prefix (None when P = 0) likewise."""
+        parts = [self.store.read_stored(layer, start, stop) for layer in self.layers]
+        prefixes = [self.store.read_stored(layer, start, stop, prefix=True) for layer in self.layers] \
+            if self.store.num_prefix else [(None, None)] * len(self.layers)
+        return self._stack(parts), self._stack(prefixes)
+
+    def _stack(self, parts: list[tuple]) -> tuple:
         if not self.stacked:
-            layer = self.layers[0]
-            return self.store.read_tokens(layer, start, stop), self.store.read_prefix(layer, start, stop)
-        tokens = torch.stack([self.store.read_tokens(layer, start, stop) for layer in self.layers], dim=1)
-        prefix = None
-        if self.store.num_prefix:
-            prefix = torch.stack([self.store.read_prefix(layer, start, stop) for layer in self.layers], dim=1)
-        return tokens, prefix
+            return parts[0]
+        return tuple(None if part[0] is None else torch.stack(part, dim=1) for part in zip(*parts))
 
     def _read_window(self, chunk_ids: np.ndarray) -> RawBatch:
         parts = [self._read_chunk(int(c)) for c in chunk_ids]
@@ -239,6 +272,8 @@ class SplitData:
             prefix=_cat([p.prefix for p in parts]),
             targets=_cat([p.targets for p in parts]),
             positions=np.concatenate([p.positions for p in parts]),
+            scales=_cat([p.scales for p in parts]),
+            prefix_scales=_cat([p.prefix_scales for p in parts]),
         )
         if self.device.type == "cuda":
             window.tokens = window.tokens.pin_memory()
@@ -251,20 +286,28 @@ class SplitData:
         tokens = torch.empty((n, *per_clip, store.num_tokens, store.embed_dim), dtype=layout.torch_dtype(store.dtype))
         prefix = (torch.empty((n, *per_clip, store.num_prefix, store.embed_dim), dtype=tokens.dtype)
                   if store.num_prefix else None)
+        quantized = layout.is_quantized(store.dtype)
+        scale_dtype = layout.torch_dtype(layout.SCALE_DTYPE)
+        scales = torch.empty((n, *per_clip, store.num_tokens), dtype=scale_dtype) if quantized else None
+        prefix_scales = (torch.empty((n, *per_clip, store.num_prefix), dtype=scale_dtype)
+                         if quantized and prefix is not None else None)
         mask = torch.empty((n, store.num_tokens), dtype=torch.bool)
         for chunk in np.unique(self.chunk_of):
             part = self._read_chunk(int(chunk))
             rows = torch.from_numpy(part.positions)
             tokens[rows] = part.tokens
             mask[rows] = part.mask
-            if prefix is not None:
-                prefix[rows] = part.prefix
+            for whole, piece in ((prefix, part.prefix), (scales, part.scales), (prefix_scales, part.prefix_scales)):
+                if whole is not None:
+                    whole[rows] = piece
         return RawBatch(
             tokens=tokens.to(self.device),
             mask=mask.to(self.device),
             prefix=None if prefix is None else prefix.to(self.device),
             targets=self._targets.to(self.device),
             positions=np.arange(n),
+            scales=None if scales is None else scales.to(self.device),
+            prefix_scales=None if prefix_scales is None else prefix_scales.to(self.device),
         )
 
     def _to_device(self, batch: RawBatch) -> RawBatch:
@@ -277,6 +320,8 @@ class SplitData:
             prefix=None if batch.prefix is None else batch.prefix.to(**move),
             targets=batch.targets.to(**move),
             positions=batch.positions,
+            scales=None if batch.scales is None else batch.scales.to(**move),
+            prefix_scales=None if batch.prefix_scales is None else batch.prefix_scales.to(**move),
         )
 
     def _select(self, source: RawBatch, rows: torch.Tensor, positions: np.ndarray) -> RawBatch:
@@ -284,9 +329,11 @@ class SplitData:
         return RawBatch(
             tokens=source.tokens[rows],
             mask=source.mask[rows],
-            prefix=None if source.prefix is None else source.prefix[rows],
+            prefix=_take(source.prefix, rows),
             targets=source.targets[rows],
             positions=positions,
+            scales=_take(source.scales, rows),
+            prefix_scales=_take(source.prefix_scales, rows),
         )
 
     def batches(self, batch_size: int, seed: int | None = None, epoch: int = 0) -> Iterator[RawBatch]:
@@ -338,9 +385,11 @@ class SplitData:
                 served = RawBatch(
                     tokens=torch.cat([carry.tokens, served.tokens]),
                     mask=torch.cat([carry.mask, served.mask]),
-                    prefix=_cat([carry.prefix, served.prefix]) if carry.prefix is not None else None,
+                    prefix=_cat([carry.prefix, served.prefix]),
                     targets=torch.cat([carry.targets, served.targets]),
                     positions=np.concatenate([carry.positions, served.positions]),
+                    scales=_cat([carry.scales, served.scales]),
+                    prefix_scales=_cat([carry.prefix_scales, served.prefix_scales]),
                 )
             n_full = len(served.positions) // batch_size * batch_size
             for start in range(0, n_full, batch_size):
@@ -351,12 +400,15 @@ class SplitData:
 
 
 def _slice(batch: RawBatch, start: int, stop: int) -> RawBatch:
+    rows = slice(start, stop)
     return RawBatch(
-        tokens=batch.tokens[start:stop],
-        mask=batch.mask[start:stop],
-        prefix=None if batch.prefix is None else batch.prefix[start:stop],
-        targets=batch.targets[start:stop],
-        positions=batch.positions[start:stop],
+        tokens=batch.tokens[rows],
+        mask=batch.mask[rows],
+        prefix=_take(batch.prefix, rows),
+        targets=batch.targets[rows],
+        positions=batch.positions[rows],
+        scales=_take(batch.scales, rows),
+        prefix_scales=_take(batch.prefix_scales, rows),
     )
 
 
@@ -403,7 +455,7 @@ def _prefetched(
 
 
 def split_nbytes(store: TokenStore, n_clips: int) -> int:
-    """Bytes of n clips' tokens and prefix of one layer in the stored dtype."""
+    """Bytes of n clips' tokens and prefix of one layer in the stored dtype (int8: with their scales)."""
     per_clip = store.token_nbytes() // max(1, store.n_clips)
     per_clip += per_clip * store.num_prefix // max(1, store.num_tokens)
     return int(n_clips * per_clip)

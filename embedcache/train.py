@@ -425,12 +425,12 @@ def predict_scores(
 
 
 def _token_batch(raw: RawBatch) -> head_registry.TokenBatch | LayerBatches:
-    # The store keeps float16/bfloat16 to halve memory; heads compute in float32 (autocast narrows on CUDA).
+    # The store keeps float16/bfloat16/int8 to save memory and transfers; heads compute in float32 (autocast narrows
+    # on CUDA), converted here, where the batch already is (int8 is dequantised on the GPU when there is one).
     if raw.tokens.dim() == 4:
         return LayerBatches(raw)
-    return head_registry.TokenBatch(
-        tokens=raw.tokens.float(), mask=raw.mask, prefix=None if raw.prefix is None else raw.prefix.float()
-    )
+    return head_registry.TokenBatch(tokens=raw.float_tokens(), mask=raw.mask, prefix=raw.float_prefix(),
+                                    codes=raw.tokens if raw.quantized else None)
 
 
 # -- layers: which input each head reads --------------------------------------------------------------------
@@ -450,8 +450,8 @@ class LayerBatches:
         if index not in self._layers:
             raw = self.raw
             self._layers[index] = head_registry.TokenBatch(
-                tokens=raw.tokens[:, index].float(), mask=raw.mask,
-                prefix=None if raw.prefix is None else raw.prefix[:, index].float(),
+                tokens=raw.float_tokens(index), mask=raw.mask, prefix=raw.float_prefix(index),
+                codes=raw.tokens[:, index] if raw.quantized else None,
             )
         return self._layers[index]
 

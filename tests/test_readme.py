@@ -8,6 +8,7 @@ import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -94,4 +95,8 @@ def test_readme_commands_and_python_snippet_run_in_order(workdir, monkeypatch, o
     exec(compile(snippets[1], "README.md", "exec"), scope)  # noqa: S102 (the README's own snippet)
     assert scope["grid"].shape[:3] == (8, *scope["meta"]["layout"]["grid"])
     assert scope["mask"].shape == scope["tokens"].shape[:2] and scope["mask"].any()
+    # The int8 line dequantises without embedcache: within half a scale step of the float16 tokens it came from.
+    scales = scope["g8"]["scales/layer_0"][:8].astype(np.float32)[:, :, None]
+    error = np.abs(scope["tokens8"] - scope["tokens"].astype(np.float32))
+    assert scope["tokens8"].shape == scope["tokens"].shape and (error <= scales / 2 * (1 + 1e-6)).all()
     assert os.path.samefile(Path.cwd(), workdir)

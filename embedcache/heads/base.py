@@ -23,9 +23,12 @@ class TokenBatch:
     tokens: [B, T, D] float; mask: [B, T] bool, True for a real token (None: all real);
     prefix: [B, P, D] (cls etc.) or None. Every derived quantity is computed on first use and cached, so a bank of
     heads reading the same batch pays for it once. Padding tokens never reach any derived quantity.
+    codes: for an int8 store, the int8 codes [B, T, D] the tokens were dequantised from (token = codes x its
+    positive scale), so a head can compute a cosine on them directly (the scale cancels); None otherwise.
     """
 
-    def __init__(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, prefix: torch.Tensor | None = None):
+    def __init__(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
+                 codes: torch.Tensor | None = None):
         if tokens.dim() != 3:
             raise ValueError(f"TokenBatch: tokens must be [B, T, D], got shape {tuple(tokens.shape)}")
         batch, length, dim = tokens.shape
@@ -35,9 +38,13 @@ class TokenBatch:
             raise ValueError(f"TokenBatch: mask must be [B, T] = {(batch, length)}, got {tuple(mask.shape)}")
         if prefix is not None and (prefix.dim() != 3 or prefix.shape[0] != batch or prefix.shape[2] != dim):
             raise ValueError(f"TokenBatch: prefix must be [B, P, D] with B={batch}, D={dim}, got {tuple(prefix.shape)}")
+        if codes is not None and (codes.shape != tokens.shape or codes.dtype != torch.int8):
+            raise ValueError(f"TokenBatch: codes must be int8 of the tokens' shape {tuple(tokens.shape)}, got "
+                             f"{codes.dtype} {tuple(codes.shape)}")
         self.tokens = tokens
         self.mask = mask.to(torch.bool)
         self.prefix = prefix
+        self.codes = codes
 
     @property
     def embed_dim(self) -> int:
@@ -66,6 +73,13 @@ class TokenBatch:
     def normalized(self) -> torch.Tensor:
         """L2-normalised tokens [B, T, D]; padding positions are zero vectors."""
         return nn.functional.normalize(self.clean, dim=-1)
+
+    @cached_property
+    def code_inverse_norms(self) -> torch.Tensor:
+        """1 / ||codes|| per token [B, T] float32 (an all-zero token's codes give a zero cosine anyway); int8 only."""
+        if self.codes is None:
+            raise ValueError("TokenBatch: code_inverse_norms needs int8 codes (a batch from an int8 store)")
+        return self.codes.float().square().sum(dim=-1).sqrt().clamp(min=1e-12).reciprocal()
 
     @cached_property
     def mean(self) -> torch.Tensor:

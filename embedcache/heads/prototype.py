@@ -60,6 +60,60 @@ class _MaxCosine(torch.autograd.Function):
         return grad_tokens, grad_prototypes, None
 
 
+# Devices where protobin's similarity runs as an int8 GEMM on int8 stores (bench/bench_int8.py measured it faster
+# there with the same validation choice); CUDA's torch._int_mm is not measured yet, so CUDA keeps the float path.
+INT8_GEMM_DEVICES: tuple[str, ...] = ("cpu",)
+
+
+class _MaxCosineCodes(torch.autograd.Function):
+    """_MaxCosine for int8 codes [B, T, D] and binary prototypes: one int8 x int8 -> int32 GEMM (exact), then the
+    token norms and the prototypes' common length applied after (a token's positive scale cancels in a cosine).
+    Backward is _MaxCosine's, on the batch's shared unit tokens."""
+
+    @staticmethod
+    def forward(ctx, codes: torch.Tensor, unit_prototypes: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+        size, length, dim = codes.shape
+        signs = torch.where(unit_prototypes >= 0, 1, -1).to(torch.int8)  # [J, D]
+        dots = torch._int_mm(codes.reshape(size * length, dim).contiguous(), signs.t().contiguous())  # [B*T, J]
+        entry = unit_prototypes.detach().abs().amax()  # every entry of a unit +-1 vector: 1 / sqrt(D)
+        similarity = dots.float().view(size, length, -1) * (batch.code_inverse_norms.unsqueeze(-1) * entry)
+        similarity.masked_fill_(batch.mask.logical_not().unsqueeze(-1), -math.inf)
+        best, where = similarity.max(dim=1)
+        has_tokens = batch.mask.any(dim=1, keepdim=True)
+        best = torch.where(has_tokens, best, torch.zeros((), dtype=best.dtype, device=best.device))
+        ctx.batch = batch
+        ctx.save_for_backward(unit_prototypes, where, has_tokens)
+        return best
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        unit_prototypes, where, has_tokens = ctx.saved_tensors
+        unit_tokens = ctx.batch.normalized  # computed once per batch, shared by every head that needs it
+        size, length, dim = unit_tokens.shape
+        weights = torch.where(has_tokens, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))  # [B, J]
+        rows = where + torch.arange(size, device=where.device).unsqueeze(1) * length
+        grad_prototypes = nn.functional.embedding_bag(
+            rows.t(), unit_tokens.reshape(size * length, dim), per_sample_weights=weights.t().to(unit_tokens.dtype),
+            mode="sum",
+        ).to(unit_prototypes.dtype)
+        return None, grad_prototypes, None
+
+
+def uses_int8_gemm(batch: TokenBatch) -> bool:
+    """Whether binary prototypes meet this batch as an int8 GEMM (int8 codes on a device in INT8_GEMM_DEVICES)."""
+    return batch.codes is not None and batch.codes.device.type in INT8_GEMM_DEVICES and not torch.is_autocast_enabled(
+        batch.codes.device.type)
+
+
+def binary_prototype_scores(batch: TokenBatch, prototypes: torch.Tensor) -> torch.Tensor:
+    """`prototype_scores` for prototypes whose every entry is +-1 (protobin's forward), as an int8 GEMM when the
+    batch holds int8 codes on a device where that is faster (`uses_int8_gemm`), else the float path."""
+    if not uses_int8_gemm(batch):
+        return prototype_scores(batch, prototypes)
+    unit = nn.functional.normalize(prototypes, dim=-1)
+    return _MaxCosineCodes.apply(batch.codes, unit, batch)
+
+
 def prototype_scores(batch: TokenBatch, prototypes: torch.Tensor) -> torch.Tensor:
     """Max over real tokens of the cosine similarity to each prototype: [B, J] for prototypes [J, D]; 0 for a clip
     with no real token."""
@@ -183,6 +237,10 @@ class ProtoBinHead(ProtoFloatHead):
 
     def active_prototypes(self) -> torch.Tensor:
         return binarize(self.prototypes)
+
+    def forward(self, batch: TokenBatch) -> torch.Tensor:
+        self._check_dim(batch)
+        return self.fc(binary_prototype_scores(batch, self.active_prototypes()))
 
     def packed_prototypes(self) -> dict:
         """The binary prototypes packed 1 bit per value: {"bits": uint8 array, "shape": [C*J, D], "encoding"}."""

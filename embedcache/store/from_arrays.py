@@ -60,10 +60,13 @@ def write_store(
     )
     for chunk in range(spec.n_chunks):
         start, stop = spec.chunk_range(chunk)
-        chunk_tokens = {layer: layout.to_stored(_as_tensor(tokens[layer])[start:stop], dtype) for layer in layers}
+        chunk_tokens = {layer: layout.encode(_as_tensor(tokens[layer])[start:stop], dtype) for layer in layers}
         chunk_prefix = {
-            layer: layout.to_stored(_as_tensor(prefix[layer])[start:stop], dtype) for layer in layers
+            layer: layout.encode(_as_tensor(prefix[layer])[start:stop], dtype) for layer in layers
         } if prefix else {}
-        write_chunk(group, spec, chunk, chunk_tokens, chunk_prefix, valid[start:stop])
+        write_chunk(group, spec, chunk, {layer: pair[0] for layer, pair in chunk_tokens.items()},
+                    {layer: pair[0] for layer, pair in chunk_prefix.items()}, valid[start:stop],
+                    scales={layer: pair[1] for layer, pair in chunk_tokens.items()},
+                    prefix_scales={layer: pair[1] for layer, pair in chunk_prefix.items()})
     mark_complete_if_done(group)
     return TokenStore.open(path)

@@ -71,7 +71,8 @@ def source_identity(source: TokenStore) -> str:
 
 
 def _choose_mode(store: TokenStore, source: TokenStore, dst: str, src: str) -> str:
-    if store.format_version != source.format_version:
+    # Formats 2 and 3 hold the same per-row arrays (3 adds int8 tokens, and dtypes must match anyway).
+    if (store.format_version >= 2) != (source.format_version >= 2):
         raise StoreError(f"{src}: store format {source.format_version}, but {dst} is format {store.format_version}; "
                          "re-extract the older one with this embedcache so both record the same per-row arrays")
     same_ids = len(source.clip_ids) == len(store.clip_ids) and (source.clip_ids == store.clip_ids).all()
@@ -164,8 +165,7 @@ def _prepare(group: zarr.Group, spec: StoreSpec, base: StoreSpec, incoming: Toke
         paths = ["valid_tokens", "num_samples", "labels", "splits", "clip_ids"]
         rows = [name for name in layout.ROW_ARRAYS if name in group]
         paths += rows
-        paths += [layout.tokens_path(layer) for layer in spec.layers]
-        paths += [layout.prefix_path(layer) for layer in spec.layers] if spec.num_prefix else []
+        paths += [path for layer in spec.layers for path, _ in layout.layer_arrays(layer, spec.dtype, spec.num_prefix)]
         for path in paths:
             array = group[path]
             if array.shape[0] != n:
@@ -200,14 +200,12 @@ def _fill(group: zarr.Group, spec: StoreSpec, base: StoreSpec, incoming: TokenSt
         start, stop = spec.chunk_range(int(chunk))
         if mode == "layers":
             for layer in new_layers:
-                _copy_rows(group, incoming, layout.tokens_path(layer), start, stop, 0)
-                if spec.num_prefix:
-                    _copy_rows(group, incoming, layout.prefix_path(layer), start, stop, 0)
+                for path, _ in layout.layer_arrays(layer, spec.dtype, spec.num_prefix):
+                    _copy_rows(group, incoming, path, start, stop, 0)
         else:
             for layer in spec.layers:
-                _merge_rows(group, incoming, layout.tokens_path(layer), start, stop, base.n_clips)
-                if spec.num_prefix:
-                    _merge_rows(group, incoming, layout.prefix_path(layer), start, stop, base.n_clips)
+                for path, _ in layout.layer_arrays(layer, spec.dtype, spec.num_prefix):
+                    _merge_rows(group, incoming, path, start, stop, base.n_clips)
             _merge_rows(group, incoming, "valid_tokens", start, stop, base.n_clips)
         group["chunk_done"][int(chunk)] = 1
         written += 1

@@ -4,6 +4,7 @@ File layout (mirrors the Zarr store; readable with h5py alone):
 
     /tokens/layer_<i>   [N, T, D] float16/float32, or uint16 holding bfloat16 bits (attribute dtype="bfloat16")
     /prefix/layer_<i>   [N, P, D] (absent when P = 0)
+    /scales/layer_<i> [N, T], /prefix_scales/layer_<i> [N, P] float16: int8 tokens' per-token scales (int8 only)
     /valid_tokens [N] int32, /num_samples [N] int64, /labels [N, C] uint8, /splits [N] uint8, /clip_ids [N] UTF-8
     /recording_ids [N] UTF-8, /offsets [N] int64, /lost_samples [N] int64 (format 2)
     root attributes: embedcache = JSON of the store's attributes (format_version, status, layout, provenance,
@@ -101,18 +102,19 @@ def _write_hdf5(store: TokenStore, partial: Path, compression: str | None) -> No
         handle.attrs["dtype"] = spec.dtype
         handle.attrs["label_names"] = np.asarray(spec.label_names, dtype=h5py.string_dtype("utf-8"))
         handle.attrs["split_names"] = np.asarray(spec.split_names, dtype=h5py.string_dtype("utf-8"))
-        paths = [layout.tokens_path(layer) for layer in spec.layers]
-        if spec.num_prefix:
-            paths += [layout.prefix_path(layer) for layer in spec.layers]
-        for path in paths:
-            width = spec.num_tokens if path.startswith("tokens/") else spec.num_prefix
+        arrays = [array for layer in spec.layers for array in layout.layer_arrays(layer, spec.dtype, spec.num_prefix)]
+        for path, part in arrays:
+            shape = _part_shape(spec, part)
             dataset = handle.create_dataset(
-                path, shape=(spec.n_clips, width, spec.embed_dim), dtype=stored,
-                chunks=(min(spec.chunk_clips, max(1, spec.n_clips)), width, spec.embed_dim), compression=compression,
+                path, shape=shape, dtype=layout.SCALE_DTYPE if part.endswith("scales") else stored,
+                chunks=(min(spec.chunk_clips, max(1, spec.n_clips)), *shape[1:]), compression=compression,
             )
-            dataset.attrs["dtype"] = spec.dtype
+            dataset.attrs["dtype"] = layout.SCALE_DTYPE if part.endswith("scales") else spec.dtype
             if spec.dtype == "bfloat16":
                 dataset.attrs["encoding"] = "bfloat16 stored as its raw uint16 bits"
+            elif part in ("tokens", "prefix") and layout.is_quantized(spec.dtype):
+                scales = layout.prefix_scales_path if part == "prefix" else layout.scales_path
+                dataset.attrs["encoding"] = f"int8 codes: value = code * /{scales(int(path.rsplit('_', 1)[1]))}"
             for chunk in range(spec.n_chunks):
                 start, stop = spec.chunk_range(chunk)
                 dataset[start:stop] = store.read_rows(path, start, stop)  # checked: damage stops the export
@@ -125,6 +127,12 @@ def _write_hdf5(store: TokenStore, partial: Path, compression: str | None) -> No
                                   dtype=h5py.string_dtype("utf-8"))
             handle.create_dataset("offsets", data=store.offsets, compression=compression)
             handle.create_dataset("lost_samples", data=store.lost_samples, compression=compression)
+
+
+def _part_shape(spec: StoreSpec, part: str) -> tuple[int, ...]:
+    """Shape of one layer's array of `part` ("tokens", "prefix", "scales", "prefix_scales")."""
+    width = spec.num_prefix if part.startswith("prefix") else spec.num_tokens
+    return (spec.n_clips, width) if part.endswith("scales") else (spec.n_clips, width, spec.embed_dim)
 
 
 def _text(value) -> str | None:
@@ -184,8 +192,8 @@ class _Export:
     arrays: dict[str, np.ndarray]
     clip_ids: list[str]
     rows: RowInfo
-    tokens: dict[int, h5py.Dataset]
-    prefix: dict[int, h5py.Dataset]
+    # One layer's datasets by part: "tokens", and "prefix", "scales", "prefix_scales" where the layout has them.
+    layers: dict[int, dict[str, h5py.Dataset]]
 
 
 def _read_export(handle: h5py.File, path: Path) -> _Export:
@@ -199,21 +207,21 @@ def _read_export(handle: h5py.File, path: Path) -> _Export:
     per_row.update({name: _dataset(handle, path, name, (n,), "string") for name in strings})
     if version >= 2:
         per_row.update({name: _dataset(handle, path, name, (n,), "int64") for name in ("offsets", "lost_samples")})
-    tokens = {layer: _dataset(handle, path, layout.tokens_path(layer), (n, spec.num_tokens, spec.embed_dim), stored)
+    layers = {layer: {part: _dataset(handle, path, name, _part_shape(spec, part),
+                                     layout.SCALE_DTYPE if part.endswith("scales") else stored)
+                      for name, part in layout.layer_arrays(layer, spec.dtype, spec.num_prefix)}
               for layer in spec.layers}
-    prefix = {layer: _dataset(handle, path, layout.prefix_path(layer), (n, spec.num_prefix, spec.embed_dim), stored)
-              for layer in spec.layers} if spec.num_prefix else {}
     whole = sum(n * (STRING_BYTES if name in strings else per_row[name].dtype.itemsize) *
                 int(np.prod(per_row[name].shape[1:])) for name in per_row)
     safety.ensure_within_memory(path, "its per-clip arrays (read whole)", whole)
-    chunk = spec.chunk_clips * (spec.num_tokens + spec.num_prefix) * spec.embed_dim * np.dtype(stored).itemsize
+    chunk = spec.chunk_clips * (spec.num_tokens + spec.num_prefix) * layout.token_bytes(spec.dtype, spec.embed_dim)
     safety.ensure_within_memory(path, "one chunk of every layer", chunk * len(spec.layers))
     arrays = {name: per_row[name][()] for name in PER_CLIP}
     clip_ids = _strings(per_row["clip_ids"][()])
     rows = RowInfo.whole(clip_ids)
     if version >= 2:
         rows = RowInfo(_strings(per_row["recording_ids"][()]), per_row["offsets"][()], per_row["lost_samples"][()])
-    return _Export(attrs, spec, arrays, clip_ids, rows, tokens, prefix)
+    return _Export(attrs, spec, arrays, clip_ids, rows, layers)
 
 
 def import_hdf5(path: str | Path, out_url: str | Path, overwrite: bool = False) -> TokenStore:
@@ -248,9 +256,10 @@ def _write_store(source: _Export, path: Path, out_url: str | Path) -> None:
     for chunk in range(spec.n_chunks):
         start, stop = spec.chunk_range(chunk)
         with _reading(path):
-            tokens = {layer: source.tokens[layer][start:stop] for layer in spec.layers}
-            prefix = {layer: source.prefix[layer][start:stop] for layer in source.prefix}
+            parts = {part: {layer: datasets[part][start:stop] for layer, datasets in source.layers.items()
+                            if part in datasets} for part in ("tokens", "prefix", "scales", "prefix_scales")}
         with _writing(out_url):
-            write_chunk(group, spec, chunk, tokens, prefix, arrays["valid_tokens"][start:stop])
+            write_chunk(group, spec, chunk, parts["tokens"], parts["prefix"], arrays["valid_tokens"][start:stop],
+                        scales=parts["scales"], prefix_scales=parts["prefix_scales"])
     with _writing(out_url):
         mark_complete_if_done(group)

@@ -1,4 +1,4 @@
-"""The token store's layout: array names, dtypes, chunking and the attribute schema (format version 2).
+"""The token store's layout: array names, dtypes, chunking and the attribute schema (format version 3).
 
 A store is a plain Zarr v3 group that anyone can open with `zarr.open_group` and no embedcache:
 
@@ -6,6 +6,8 @@ A store is a plain Zarr v3 group that anyone can open with `zarr.open_group` and
                                  {format_version, status, layout, provenance, fingerprint, skipped}
     tokens/layer_<i>           [N, T, D] patch tokens of block i, time-major (t * n_freq + f); chunks = whole clips
     prefix/layer_<i>           [N, P, D] prefix (cls, distillation) tokens of block i; absent when P = 0
+    scales/layer_<i>           [N, T] float16 per-token scales of int8 tokens (dtype "int8" only)    (format 3)
+    prefix_scales/layer_<i>    [N, P] float16 per-token scales of int8 prefix tokens (int8, P > 0)   (format 3)
     valid_tokens               [N] int32: row n's first valid_tokens[n] tokens hold real audio, the rest is padding
     num_samples                [N] int64: real samples of the row's audio (the clip, or one window) before cropping
     recording_ids              [N] UTF-8: the manifest clip (recording) each row comes from        (format 2)
@@ -17,6 +19,8 @@ A store is a plain Zarr v3 group that anyone can open with `zarr.open_group` and
     chunk_done                 [n_chunks] uint8 completion markers, one object per chunk, set after its data is written
 
 bfloat16 has no numpy dtype: it is stored as its raw uint16 bits, with layout.dtype = "bfloat16".
+int8 tokens are symmetric codes -127..127 with one float16 scale per token (its absmax / 127, rounded up):
+token = codes * scale, `g["tokens/layer_0"][:8].astype(np.float32) * g["scales/layer_0"][:8][..., None]`.
 Sample counts and offsets are at provenance.encoder.sample_rate. Format 1 stores (no row arrays) are still read:
 each row is its own recording, at offset 0, with nothing known to be cropped.
 """
@@ -28,8 +32,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+# The first format whose layout may hold int8 tokens (with their scales arrays).
+INT8_FORMAT = 3
 # Per-row arrays added in format 2: name -> (numpy dtype name as verify reports it, what it holds).
 ROW_ARRAYS = {
     "recording_ids": "string",
@@ -44,9 +50,14 @@ STATUS_COMPLETE = "complete"
 # and lets a streaming reader shuffle at chunk granularity.
 TARGET_CHUNK_BYTES = 4 * 1024 * 1024
 
-DTYPES = ("float16", "bfloat16", "float32")
-_STORED_NUMPY = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}
-_TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DTYPES = ("float16", "bfloat16", "float32", "int8")
+# Dtypes stored as integer codes with a per-token scale beside them.
+QUANTIZED = ("int8",)
+_STORED_NUMPY = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32, "int8": np.int8}
+_TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "int8": torch.int8}
+INT8_MAX = 127  # symmetric codes: -128 is never written
+SCALE_DTYPE = "float16"
+SCALE_ITEMSIZE = 2
 
 
 def tokens_path(layer: int) -> str:
@@ -55,6 +66,69 @@ def tokens_path(layer: int) -> str:
 
 def prefix_path(layer: int) -> str:
     return f"prefix/layer_{layer}"
+
+
+def scales_path(layer: int) -> str:
+    """Per-token scales [N, T] of layer `layer`'s int8 tokens."""
+    return f"scales/layer_{layer}"
+
+
+def prefix_scales_path(layer: int) -> str:
+    """Per-token scales [N, P] of layer `layer`'s int8 prefix tokens."""
+    return f"prefix_scales/layer_{layer}"
+
+
+def is_quantized(dtype: str) -> bool:
+    """Whether tokens of `dtype` are stored as codes with per-token scales (int8)."""
+    return dtype in QUANTIZED
+
+
+def quantize(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 codes [..., D] and float16 scales [...] of `tensor` [..., D], one scale per token (last axis).
+
+    The scale is the token's absmax / 127 rounded up to a float16, so no code is clipped and every element is within
+    scale / 2 of codes * scale. NaN or inf tokens give a non-finite scale, which the writer refuses.
+    """
+    values = tensor.detach().float()
+    absmax = values.abs().amax(dim=-1)
+    scales = _float16_at_least(absmax / INT8_MAX)
+    divisor = torch.where(scales > 0, scales.float(), torch.ones((), device=values.device))
+    codes = torch.round(values / divisor.unsqueeze(-1)).clamp_(-INT8_MAX, INT8_MAX)
+    codes = torch.where(torch.isfinite(codes), codes, torch.zeros((), device=values.device))
+    return codes.to(torch.int8), scales
+
+
+def _float16_at_least(values: torch.Tensor) -> torch.Tensor:
+    """The smallest float16 >= each value (values >= 0; inf beyond float16's range, NaN stays NaN)."""
+    rounded = values.to(torch.float16)
+    # For a non-negative float16, the next bit pattern up is the next value up (any device, no nextafter needed).
+    up = (rounded.view(torch.int16) + 1).view(torch.float16)
+    return torch.where(rounded.float() < values, up, rounded)
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """float32 tokens [..., D] from int8 codes [..., D] and their scales [...], on the codes' device."""
+    return codes.float() * scales.to(codes.device).float().unsqueeze(-1)
+
+
+def encode(tensor: torch.Tensor, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Tensor [..., D] -> (numpy array in the on-disk representation of `dtype`, float16 scales [...] or None)."""
+    if is_quantized(dtype):
+        codes, scales = quantize(tensor)
+        return codes.cpu().numpy(), scales.cpu().numpy()
+    return to_stored(tensor, dtype), None
+
+
+def layer_arrays(layer: int, dtype: str, num_prefix: int) -> list[tuple[str, str]]:
+    """(path, part) of every array one layer owns: "tokens", "prefix", "scales", "prefix_scales" (parts present)."""
+    arrays = [(tokens_path(layer), "tokens")]
+    if num_prefix:
+        arrays.append((prefix_path(layer), "prefix"))
+    if is_quantized(dtype):
+        arrays.append((scales_path(layer), "scales"))
+        if num_prefix:
+            arrays.append((prefix_scales_path(layer), "prefix_scales"))
+    return arrays
 
 
 def stored_numpy_dtype(dtype: str) -> type:
@@ -72,8 +146,15 @@ def itemsize(dtype: str) -> int:
     return np.dtype(stored_numpy_dtype(dtype)).itemsize
 
 
+def token_bytes(dtype: str, embed_dim: int) -> int:
+    """Bytes one token takes on disk before compression: its D values and, for int8, its float16 scale."""
+    return embed_dim * itemsize(dtype) + (SCALE_ITEMSIZE if is_quantized(dtype) else 0)
+
+
 def to_stored(tensor: torch.Tensor, dtype: str) -> np.ndarray:
-    """Tensor -> numpy array in the on-disk representation of `dtype`."""
+    """Tensor -> numpy array in the on-disk representation of a float `dtype` (int8 needs scales: `encode`)."""
+    if is_quantized(dtype):
+        raise ValueError(f"to_stored: {dtype} tokens need per-token scales; use layout.encode")
     converted = tensor.detach().to("cpu", torch_dtype(dtype)).contiguous()
     if dtype == "bfloat16":
         return converted.view(torch.int16).numpy().view(np.uint16)
@@ -128,8 +209,8 @@ class StoreSpec:
         return start, min(self.n_clips, start + self.chunk_clips)
 
     def token_nbytes(self) -> int:
-        """Uncompressed bytes of all token and prefix arrays."""
-        per_clip = (self.num_tokens + self.num_prefix) * self.embed_dim * itemsize(self.dtype)
+        """Uncompressed bytes of all token and prefix arrays (and their scales, for int8)."""
+        per_clip = (self.num_tokens + self.num_prefix) * token_bytes(self.dtype, self.embed_dim)
         return self.n_clips * per_clip * len(self.layers)
 
     def to_attrs(self) -> dict:

@@ -408,20 +408,33 @@ class TokenStore:
 
     # -- tokens --------------------------------------------------------------------------------------------
     def token_array(self, layer: int | None = None) -> zarr.Array:
-        """The raw Zarr array [N, T, D] of one layer (bfloat16 appears as uint16 bits); reads are unchecked."""
+        """The raw Zarr array [N, T, D] of one layer (bfloat16 appears as uint16 bits, int8 as codes without their
+        scales); reads are unchecked."""
         return self._array(layout.tokens_path(self.resolve_layer(layer)))
 
     def read_tokens(self, layer: int | None, start: int, stop: int) -> torch.Tensor:
-        """Tokens [stop - start, T, D] of a contiguous clip range, in the stored dtype."""
-        return layout.from_stored(self.read_rows(layout.tokens_path(self.resolve_layer(layer)), start, stop),
-                                  self.dtype)
+        """Tokens [stop - start, T, D] of a contiguous clip range, in the stored dtype (int8: dequantised, float32)."""
+        values, scales = self.read_stored(layer, start, stop)
+        return values if scales is None else layout.dequantize(values, scales)
 
     def read_prefix(self, layer: int | None, start: int, stop: int) -> torch.Tensor | None:
-        """Prefix tokens [stop - start, P, D], or None when the encoder has none."""
+        """Prefix tokens [stop - start, P, D], or None when the encoder has none (int8: dequantised, float32)."""
         if not self.num_prefix:
             return None
-        return layout.from_stored(self.read_rows(layout.prefix_path(self.resolve_layer(layer)), start, stop),
-                                  self.dtype)
+        values, scales = self.read_stored(layer, start, stop, prefix=True)
+        return values if scales is None else layout.dequantize(values, scales)
+
+    def read_stored(self, layer: int | None, start: int, stop: int,
+                    prefix: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tokens [n, T, D] as stored, their float16 scales [n, T] for int8 stores, else None); prefix=True: the
+        prefix tokens [n, P, D] (and scales [n, P]). What the loader keeps and moves: int8 stays int8."""
+        layer = self.resolve_layer(layer)
+        path = layout.prefix_path(layer) if prefix else layout.tokens_path(layer)
+        values = layout.from_stored(self.read_rows(path, start, stop), self.dtype)
+        if not layout.is_quantized(self.dtype):
+            return values, None
+        scales_path = layout.prefix_scales_path(layer) if prefix else layout.scales_path(layer)
+        return values, torch.from_numpy(np.ascontiguousarray(self.read_rows(scales_path, start, stop)))
 
     def token_mask(self, start: int, stop: int) -> torch.Tensor:
         """[stop - start, T] bool: True where a token holds real audio."""
@@ -429,8 +442,8 @@ class TokenStore:
         return torch.arange(self.num_tokens)[None, :] < valid[:, None]
 
     def token_nbytes(self, layer: int | None = None) -> int:
-        """Uncompressed bytes of one layer's tokens."""
-        return self.n_clips * self.num_tokens * self.embed_dim * layout.itemsize(self.dtype)
+        """Uncompressed bytes of one layer's tokens (with their scales, for int8)."""
+        return self.n_clips * self.num_tokens * layout.token_bytes(self.dtype, self.embed_dim)
 
     def disk_nbytes(self) -> int | None:
         """Bytes on disk for a local store or zip, None for remote ones."""

@@ -1,4 +1,4 @@
-"""The schema of a store's `embedcache` root attributes (format versions 1 and 2), checked before anything is used.
+"""The schema of a store's `embedcache` root attributes (format versions 1, 2 and 3), checked before anything is used.
 
 A stranger's zarr.json is data, not a promise. Every attribute that sizes an allocation or steers a read is checked
 here for its type and bounds, once, before any array is opened; arrays are then compared with the shapes and dtypes
@@ -194,6 +194,7 @@ PROVENANCE = Field("mapping", fields={
     "versions": _optional("mapping"),
     "fingerprint_fields": _optional("mapping"),
     "appended": _optional("records", items=Field("mapping")),
+    "converted": _optional("records", items=Field("mapping")),
     "created": _optional("str"),
     "source": _optional("str"),
 })
@@ -256,6 +257,9 @@ def attrs_problems(attrs) -> list[tuple[str, str]]:
     for field, layout_key in ((attrs.get("layout"), f"{KEY}.layout"), (base_layout, f"{KEY}.growing.base_layout")):
         if isinstance(field, dict) and not any(key.startswith(layout_key) for key, _ in problems):
             problems += _layout_problems(field, layout_key)
+            if layout.is_quantized(field["dtype"]) and attrs["format_version"] < layout.INT8_FORMAT:
+                problems.append((f"{layout_key}.dtype", f"{field['dtype']!r} needs format_version >= "
+                                 f"{layout.INT8_FORMAT}, the store says {attrs['format_version']}"))
     return problems
 
 
@@ -283,9 +287,10 @@ def expected_arrays(spec: StoreSpec, version: int = layout.FORMAT_VERSION) -> di
     n, stored = spec.n_clips, np.dtype(layout.stored_numpy_dtype(spec.dtype)).name
     arrays = {}
     for layer in spec.layers:
-        arrays[layout.tokens_path(layer)] = ((n, spec.num_tokens, spec.embed_dim), stored)
-        if spec.num_prefix:
-            arrays[layout.prefix_path(layer)] = ((n, spec.num_prefix, spec.embed_dim), stored)
+        for path, part in layout.layer_arrays(layer, spec.dtype, spec.num_prefix):
+            width = spec.num_prefix if part.startswith("prefix") else spec.num_tokens
+            arrays[path] = ((n, width), layout.SCALE_DTYPE) if part.endswith("scales") else (
+                (n, width, spec.embed_dim), stored)
     arrays.update(row_arrays(spec, version))
     arrays["chunk_done"] = ((spec.n_chunks,), "uint8")
     return arrays

@@ -92,7 +92,7 @@ def summarize(store: TokenStore) -> dict:
             "created": _provenance_value(provenance.get("created"), "provenance.created", cuts),
             "device": _provenance_value((provenance.get("host") or {}).get("device"), "provenance.host.device", cuts),
             **{name: _provenance_value(provenance.get(name), f"provenance.{name}", cuts)
-               for name in ("versions", "manifest", "clip_policy", "frontend")},
+               for name in ("versions", "manifest", "clip_policy", "frontend", "converted")},
         },
         "cut": cuts,
     }
@@ -179,7 +179,8 @@ def format_summary(summary: dict) -> str:
         _labels_line(s),
         f"encoder     {encoder['name']}  weights: {origin}" + (f"  sha256 {str(sha)[:16]}..." if sha else ""),
         f"layers      {s['layers']}",
-        f"tokens      [N={s['clips']}, T={s['tokens']}, D={s['embed_dim']}] {s['dtype']}; grid {grid[0]} time x "
+        f"tokens      [N={s['clips']}, T={s['tokens']}, D={s['embed_dim']}] {s['dtype']}"
+        + (" (codes, one float16 scale per token)" if s["dtype"] == "int8" else "") + f"; grid {grid[0]} time x "
         f"{grid[1]} freq (time-major); prefix tokens {s['prefix_tokens']}; valid tokens per clip "
         + (f"{valid['min']}..{valid['max']}" if valid else "pending"),
         f"chunks      {chunks['count']} x {chunks['clips_per_chunk']} clips per layer; "
@@ -193,6 +194,8 @@ def format_summary(summary: dict) -> str:
         f"created     {provenance.get('created')} on {provenance.get('device')}; "
         + (", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else str(versions)),
     ]
+    lines += [f"converted   {_conversion_text(item)}" for item in (provenance.get("converted") or [])[:5]
+              if isinstance(provenance.get("converted"), list)]
     for item in s["skipped"][:SKIPPED_SHOWN]:
         lines.append(f"  skipped   {item['clip_id']}: {item['reason']}")
     if s["skipped_count"] > SKIPPED_SHOWN:
@@ -207,6 +210,14 @@ def format_summary(summary: dict) -> str:
     if len(s["cut"]) > 5:
         lines.append(f"  cut: ... and {len(s['cut']) - 5} more values shortened for display")
     return "\n".join(_line(line) for line in lines)
+
+
+def _conversion_text(item) -> str:
+    """One `provenance.converted` record in words."""
+    if not isinstance(item, dict):
+        return str(item)
+    return (f"{item.get('from_dtype')} -> {item.get('to_dtype')} on {item.get('created')} from {item.get('source')} "
+            f"({item.get('method')})")
 
 
 def _status_text(s: dict) -> str:

@@ -1,8 +1,9 @@
 """`embedcache verify`: decode every chunk of a store and check it against its own layout and provenance.
 
 Checks, each reported as (key, what is wrong): metadata safety (no object/pickle codecs), the embedcache
-attributes against `schema` (types and bounds, formats 1 and 2), every expected array's shape and dtype and a
-crc32c codec on it, every chunk present and decoding (checksums), NaN/inf in tokens, completion markers and status,
+attributes against `schema` (types and bounds, formats 1 to 3), every expected array's shape and dtype and a
+crc32c codec on it, every chunk present and decoding (checksums), NaN/inf in tokens (int8: codes in -127..127,
+scales finite and >= 0), completion markers and status,
 per-clip arrays in range, and provenance that agrees with the layout. A truncated zip is scanned entry by entry to
 name the entry it cuts and what is lost.
 """
@@ -29,6 +30,8 @@ from embedcache.store.writer import StoreSpec, fingerprint_of
 # Chunks decoded per request: remote stores fetch them concurrently.
 READ_BATCH_CHUNKS = 8
 PARTIAL_SUFFIX = ".partial"  # temporary files a killed local write leaves; never part of the store
+# Per-layer arrays, chunked by whole clips like the tokens: tokens, prefix tokens and (int8) their scales.
+TOKEN_PARTS = ("tokens/", "prefix/", "scales/", "prefix_scales/")
 
 
 @dataclass
@@ -96,7 +99,7 @@ def _verify(report: VerifyReport, check_values: bool) -> None:
         return
     arrays = _check_arrays(report, group, spec, attrs["format_version"])
     for path, array in arrays.items():
-        _check_chunks(report, group, path, array, check_values and path.startswith(("tokens/", "prefix/")))
+        _check_chunks(report, group, path, array, check_values and path.startswith(TOKEN_PARTS))
     if "chunk_done" in arrays:
         _check_markers(report, group, attrs, spec)
     _check_per_clip(report, group, arrays, spec)
@@ -155,14 +158,15 @@ def _check_arrays(report: VerifyReport, group: zarr.Group, spec: StoreSpec, vers
         codecs = [codec.get("name") for codec in array.metadata.to_dict().get("codecs", [])]
         if not codecs or codecs[-1] != "crc32c":
             report.add(path, f"codecs {codecs} end without crc32c: corruption of this array would go undetected")
-        if path.startswith(("tokens/", "prefix/")) and array.chunks[0] != spec.chunk_clips:
+        if path.startswith(TOKEN_PARTS) and array.chunks[0] != spec.chunk_clips:
             report.add(path, f"chunks of {array.chunks[0]} clips, the layout says {spec.chunk_clips}")
         found[path] = array
         report.arrays_checked += 1
-    for kind in ("tokens", "prefix"):
+    for kind in (part.rstrip("/") for part in TOKEN_PARTS):
         if kind in group and isinstance(group[kind], zarr.Group):
-            expected = {f"layer_{layer}" for layer in spec.layers} if kind == "tokens" or spec.num_prefix else set()
-            for name in sorted(set(group[kind].array_keys()) - expected):
+            listed = {path.partition("/")[2] for path, _ in expected_arrays(spec, version).items()
+                      if path.startswith(f"{kind}/")}
+            for name in sorted(set(group[kind].array_keys()) - listed):
                 report.add(f"{kind}/{name}", "array not listed in the layout's layers")
     return found
 
@@ -215,10 +219,15 @@ def _check_chunk_values(
     if not values:
         return
     bad = nonfinite_per_clip(data)
+    what = "NaN/inf scales" if path.startswith(("scales/", "prefix_scales/")) else "NaN/inf tokens"
+    if data.dtype == np.int8:  # symmetric codes: -128 is never written
+        bad, what = (data == -128).reshape(len(data), -1).any(axis=1), "int8 codes of -128 (outside -127..127)"
+    elif path.startswith(("scales/", "prefix_scales/")) and (data < 0).any():
+        bad, what = bad | (data < 0).reshape(len(data), -1).any(axis=1), "negative or NaN/inf scales"
     if bad.any():
         clips = np.flatnonzero(bad) + start
         key = chunk_keys(array, path, start, start + 1)[0]
-        report.add(key, f"{int(bad.sum())} clip(s) hold NaN/inf tokens (rows {clips[:5].tolist()}"
+        report.add(key, f"{int(bad.sum())} clip(s) hold {what} (rows {clips[:5].tolist()}"
                         f"{'...' if len(clips) > 5 else ''})")
 
 

@@ -74,16 +74,16 @@ def create_store(
 
 
 def create_layer_arrays(group: zarr.Group, spec: StoreSpec, layer: int) -> None:
-    """Create the (empty) token array of one layer, and its prefix array when the encoder has prefix tokens."""
-    paths = [(layout.tokens_path(layer), spec.num_tokens)]
-    if spec.num_prefix:
-        paths.append((layout.prefix_path(layer), spec.num_prefix))
-    for path, width in paths:
+    """Create the (empty) token array of one layer, its prefix array when the encoder has prefix tokens, and for
+    int8 their per-token scales."""
+    for path, part in layout.layer_arrays(layer, spec.dtype, spec.num_prefix):
+        width = spec.num_prefix if part.startswith("prefix") else spec.num_tokens
+        scales = part.endswith("scales")
         group.create_array(
             path,
-            shape=(spec.n_clips, width, spec.embed_dim),
-            chunks=(spec.chunk_clips, width, spec.embed_dim),
-            dtype=layout.stored_numpy_dtype(spec.dtype),
+            shape=(spec.n_clips, width) if scales else (spec.n_clips, width, spec.embed_dim),
+            chunks=(spec.chunk_clips, width) if scales else (spec.chunk_clips, width, spec.embed_dim),
+            dtype=layout.SCALE_DTYPE if scales else layout.stored_numpy_dtype(spec.dtype),
             compressors=_codecs(spec.compression),
             fill_value=0,
             config=ARRAY_CONFIG,
@@ -158,7 +158,8 @@ def store_attrs(group: zarr.Group) -> dict:
 # Every node `create_store` makes: a group holding only these and no embedcache attributes is a creation that was
 # killed before its attributes (written last) were; it holds no tokens yet and is safe to start again.
 CREATED_NODES = frozenset({
-    "tokens", "prefix", "valid_tokens", "num_samples", "labels", "splits", "clip_ids", "chunk_done",
+    "tokens", "prefix", "scales", "prefix_scales", "valid_tokens", "num_samples", "labels", "splits", "clip_ids",
+    "chunk_done",
     *layout.ROW_ARRAYS,
 })
 
@@ -245,26 +246,38 @@ def write_chunk(
     tokens: dict[int, np.ndarray],
     prefix: dict[int, np.ndarray],
     valid_tokens: np.ndarray,
+    scales: dict[int, np.ndarray] | None = None,
+    prefix_scales: dict[int, np.ndarray] | None = None,
 ) -> None:
-    """Write one chunk's arrays (already in the stored dtype), then set its completion marker.
+    """Write one chunk's arrays (already in the stored dtype; int8 codes with their float16 `scales` and
+    `prefix_scales`), then set its completion marker.
 
-    Tokens that are not finite are refused before anything of the chunk is written, naming the clips.
+    Tokens that are not finite are refused before anything of the chunk is written, naming the clips (for int8: a
+    non-finite scale, which NaN or inf tokens and float16 overflow of absmax / 127 give).
     """
     start, stop = spec.chunk_range(chunk)
-    for layer in spec.layers:
-        for kind, arrays in (("tokens", tokens), ("prefix tokens", prefix if spec.num_prefix else {})):
-            rows = layout.nonfinite_rows(arrays[layer], spec.dtype) if layer in arrays else []
-            if len(rows):
-                ids = [group["clip_ids"][start + int(row)] for row in rows[:3]]
-                raise StoreError(
-                    f"{', '.join(map(str, ids[:3]))}{' ...' if len(rows) > 3 else ''}: {kind} of layer {layer} "
-                    f"hold NaN or inf in {spec.dtype}; nothing of chunk {chunk} was marked done. Check that clip's "
-                    "audio for extreme values, or extract with --dtype float32 if float16 overflows"
-                )
-    for layer in spec.layers:
-        writable(group, layout.tokens_path(layer))[start:stop] = tokens[layer]
-        if spec.num_prefix:
-            writable(group, layout.prefix_path(layer))[start:stop] = prefix[layer]
+    parts = {"tokens": tokens, "prefix": prefix, "scales": scales or {}, "prefix_scales": prefix_scales or {}}
+    arrays = {path: parts[part].get(layer) for layer in spec.layers
+              for path, part in layout.layer_arrays(layer, spec.dtype, spec.num_prefix)}
+    missing = [path for path, values in arrays.items() if values is None]
+    if missing:
+        raise StoreError(f"chunk {chunk}: no data given for {', '.join(missing)}; {spec.dtype} chunks need it")
+    checked = {path: values for path, values in arrays.items()
+               if not layout.is_quantized(spec.dtype) or path.startswith(("scales/", "prefix_scales/"))}
+    for path, values in checked.items():
+        kind_dtype = layout.SCALE_DTYPE if path.startswith(("scales/", "prefix_scales/")) else spec.dtype
+        rows = layout.nonfinite_rows(values, kind_dtype)
+        if len(rows):
+            layer = path.rsplit("_", 1)[1]
+            kind = "prefix tokens" if path.startswith("prefix") else "tokens"
+            ids = [group["clip_ids"][start + int(row)] for row in rows[:3]]
+            raise StoreError(
+                f"{', '.join(map(str, ids[:3]))}{' ...' if len(rows) > 3 else ''}: {kind} of layer {layer} "
+                f"hold NaN or inf in {spec.dtype}; nothing of chunk {chunk} was marked done. Check that clip's "
+                "audio for extreme values, or extract with --dtype float32 if float16 overflows"
+            )
+    for path, values in arrays.items():
+        writable(group, path)[start:stop] = values
     writable(group, "valid_tokens")[start:stop] = valid_tokens
     # The marker goes last: a crash before it leaves the chunk pending, and the resume rewrites it whole.
     group["chunk_done"][chunk] = 1
@@ -317,9 +330,10 @@ class BackgroundChunkWriter:
             raise error
         raise StoreError(f"writing to {self._group.store} failed: {error}") from error
 
-    def submit(self, chunk: int, tokens: dict, prefix: dict, valid_tokens: np.ndarray) -> None:
+    def submit(self, chunk: int, tokens: dict, prefix: dict, valid_tokens: np.ndarray, scales: dict | None = None,
+               prefix_scales: dict | None = None) -> None:
         self._raise_if_failed()
-        self._queue.put((chunk, tokens, prefix, valid_tokens))
+        self._queue.put((chunk, tokens, prefix, valid_tokens, scales, prefix_scales))
 
     def close(self) -> None:
         """Wait for every submitted chunk to be written; raise if any write failed."""
