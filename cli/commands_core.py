@@ -56,6 +56,9 @@ def encoders_command(seconds: float, as_json: bool) -> None:
 @click.option("--random-init", is_flag=True, help="Seeded random weights (tests and smoke runs only; recorded).")
 @click.option("--encoder-option", "encoder_options", multiple=True, help="key=value passed to the encoder factory.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Label vocabulary file, one per line.")
+@click.option("--events", type=click.Path(exists=True, dir_okay=False),
+              help="Strong labels kept in the store: TSV of filename, onset, offset, event_label (seconds; DESED's "
+                   "format). Default: events.tsv beside the manifest, when there is one.")
 @click.option("--layers", default="last", show_default=True, help="'last', 'all', or indices like '-1,-4'.")
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32", "int8"]), default="float16",
               show_default=True, help="Token dtype; int8: symmetric codes with one float16 scale per token.")
@@ -107,6 +110,7 @@ def extract_command(**kw) -> None:
     config = ExtractConfig(
         encoder=kw["encoder"], manifest=kw["manifest"], out=kw["out"], checkpoint=kw["checkpoint"],
         random_init=kw["random_init"], encoder_options=_parse_options(kw["encoder_options"]), labels=kw["labels"],
+        events=kw["events"],
         layers=kw["layers"], dtype=kw["dtype"], compression=kw["compression"], batch_size=kw["batch_size"],
         chunk_clips=kw["chunk_clips"], max_seconds=kw["max_seconds"] if kw["clip_seconds"] is None else kw[
             "clip_seconds"], window=kw["window"], hop=kw["hop"], mixup=mixup, workers=kw["workers"],

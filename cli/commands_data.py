@@ -172,6 +172,50 @@ def fsd50k_command(root: Path, out: Path | None) -> None:
     _report(from_fsd50k(root, out))
 
 
+@manifest_group.command("desed")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help=_OUT_HELP + " and events.tsv")
+@click.option("--set", "sets", multiple=True,
+              help="SPLIT=TSV,AUDIO_DIR relative to ROOT (globs allowed), repeatable; default: synthetic train and "
+                   "validation soundscapes as train and valid, the real validation set as test.")
+def desed_command(root: Path, out: Path | None, sets: tuple[str, ...]) -> None:
+    """DESED (strong TSVs, audio folders) -> manifest, labels.txt and events.tsv (strong labels, kept by extract).
+
+    \b
+    Examples:
+      embedcache manifest desed DESED --out desed/manifest.csv
+      embedcache manifest desed DESED --set test=metadata/eval/public.tsv,audio/eval/public
+    """
+    from embedcache.datasets.events import from_desed
+
+    chosen = {}
+    for item in sets:
+        split, sep, pair = item.partition("=")
+        tsv, comma, audio = pair.partition(",")
+        if not sep or not comma or not split.strip() or not tsv.strip() or not audio.strip():
+            raise ConfigError(f"--set {item!r}: write SPLIT=TSV,AUDIO_DIR, e.g. test=metadata/eval/public.tsv,"
+                              "audio/eval/public")
+        chosen[split.strip()] = (tsv.strip(), audio.strip())
+    path, left_out = from_desed(root, chosen or None, out)
+    _write_left_out(path, left_out, "file")
+    _report(path)
+
+
+@manifest_group.command("urbansed")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help=_OUT_HELP + " and events.tsv")
+def urbansed_command(root: Path, out: Path | None) -> None:
+    """URBAN-SED (audio/<split>/, annotations/<split>/*.txt) -> manifest, labels.txt and events.tsv (strong labels).
+
+    \b
+    Example:
+      embedcache manifest urbansed URBAN-SED_v2.0.0 --out urbansed/manifest.csv
+    """
+    from embedcache.datasets.events import from_urbansed
+
+    _report(from_urbansed(root, out))
+
+
 @manifest_group.command("audioset")
 @click.option("--segments", "segments", multiple=True, required=True, metavar="SPLIT=CSV",
               help="a segments CSV and the split it becomes, e.g. train=balanced_train_segments.csv (repeat)")

@@ -25,7 +25,7 @@ def _numbers(text: str | None, option: str) -> list[float] | None:
 @click.command("probe")
 @click.argument("store", required=False)
 @click.option("--head", "heads", help="Head kinds, comma-separated: linear,mlp,attentive,ep,simpool,abmilp,proto,"
-              "protofloat,protobin,layermix,knn,logreg (default: the config's heads; built in: "
+              "protofloat,protobin,layermix,knn,logreg,frame_linear (default: the config's heads; built in: "
               "linear,attentive,protobin)")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -40,6 +40,13 @@ def _numbers(text: str | None, option: str) -> list[float] | None:
               "head on each in one pass, with a row per head and layer.  [default: the last]")
 @click.option("--epochs", type=int, help="Training epochs (overrides the config).  [default: 30]")
 @click.option("--batch-size", type=int, help="Clips per batch (overrides the config).  [default: 32]")
+@click.option("--task", type=click.Choice(["multilabel", "multiclass", "sed"]),
+              help="sed: sound-event detection from the store's strong labels: frame heads on per-step labels, "
+                   "prototype heads on clip labels scored per step; writes sed.csv and event_predictions.csv (needs "
+                   "the extra `sed`).  [default: from the labels]")
+@click.option("--median-filter", type=float,
+              help="task sed: seconds of median filter on the frame scores at prediction time (0: none).  "
+                   "[default: 0.5]")
 @click.option("--data-order", type=click.Choice(["per_seed", "shared"]),
               help="per_seed: each seed its own pass and data order; shared: every seed's heads in one pass (they "
                    "differ in init only).  [default: per_seed]")
@@ -53,8 +60,8 @@ def _numbers(text: str | None, option: str) -> list[float] | None:
               help="Cross-validate over the store's fold splits: test on fold k, choose on k+1, train on the rest.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def probe_command(
-    store, heads, out_dir, config_path, seeds, lr, weight_decay, head_options, layer, epochs, batch_size, data_order,
-    device, ledger, overwrite, subset, splits, folds, no_progress,
+    store, heads, out_dir, config_path, seeds, lr, weight_decay, head_options, layer, epochs, batch_size, task,
+    median_filter, data_order, device, ledger, overwrite, subset, splits, folds, no_progress,
 ) -> None:
     """Train probe heads on STORE, choose each on validation, test it once, and print a comparison table.
 
@@ -70,6 +77,9 @@ def probe_command(
     Every stored layer in one pass, plus SUPERB's learned weighted sum of the layers (layers.csv: score per layer):
       embedcache probe runs/vit.zarr --layer all --head linear,layermix --out runs/probes/vit-layers
     \b
+    Sound-event detection from strong labels (frame_linear on per-step labels, protobin on clip labels only):
+      embedcache probe runs/sample.zarr --task sed --head frame_linear,protobin --out runs/probes/sample-sed
+    \b
     A run killed part way (even kill -9) resumes with the same command: finished banks are not trained again.
     """
     from embedcache.probe import apply_overrides, load_config, parse_layers, read_store_record, run_folds, run_probe
@@ -79,7 +89,7 @@ def probe_command(
         load_config(config_path) if config_path else {}, lr=_numbers(lr, "--lr"),
         weight_decay=_numbers(weight_decay, "--weight-decay"), epochs=epochs, batch_size=batch_size, device=device,
         layer=parse_layers(layer) if layer is not None else None, subset=subset, splits=splits,
-        head_options=_head_options(head_options), data_order=data_order,
+        head_options=_head_options(head_options), data_order=data_order, task=task, median_filter=median_filter,
     )
     head_kinds = [part.strip() for part in heads.split(",") if part.strip()] if heads else None
     if folds:

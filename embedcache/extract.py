@@ -24,8 +24,10 @@ import embedcache
 from embedcache import audio, distributed, encoders
 from embedcache.checkpoints import sha256_file
 from embedcache.datasets import Manifest, find_bad_rows
+from embedcache.datasets.events import default_events_path, read_events
 from embedcache.device import resolve_device
 from embedcache.errors import BadInputError, ConfigError, StoreError
+from embedcache.events import Events
 from embedcache.rows import DEFAULT_MAX_SECONDS, Mixup, RowPlan, add_mixup, mix, plan_clips, plan_windows
 from embedcache.store import layout, urls
 from embedcache.store.writer import (
@@ -63,6 +65,8 @@ class ExtractConfig:
     hop: float | None = None
     # Pre-generated augmented training copies (`--augment mixup --copies 5 --p 0.9`), or None.
     mixup: Mixup | None = None
+    # Strong labels (onset, offset, label per event): None reads events.tsv beside the manifest when it is there.
+    events: str | None = None
     workers: int | None = None
     device: str = "auto"
     autocast: str = "none"
@@ -145,6 +149,24 @@ def real_lengths(manifest: Manifest, sample_rate: int) -> np.ndarray:
         info = soundfile.info(str(clip.path))
         lengths.append(math.ceil(info.frames * sample_rate / info.samplerate))
     return np.asarray(lengths, np.int64)
+
+
+def strong_labels(config: ExtractConfig, manifest: Manifest, skipped: list[dict],
+                  sample_rate: int) -> tuple[Events | None, str | None]:
+    """(the manifest clips' events in samples at `sample_rate`, the events file's sha256), or (None, None) when there
+    is no events file (--events, or events.tsv beside the manifest)."""
+    path = Path(config.events) if config.events else default_events_path(config.manifest)
+    if path is None:
+        return None, None
+    if config.mixup is not None:
+        raise ConfigError(f"{path}: sound events and --augment mixup exclude each other (a mixed copy would need the "
+                          "events of every row mixed into it); extract without one of them")
+    found = read_events(path, manifest, ignore=[item["clip_id"] for item in skipped])
+    ids = np.array([manifest.clips[event.clip].clip_id for event in found], dtype=str)
+    onsets = np.array([round(event.onset * sample_rate) for event in found], np.int64)
+    offsets = np.maximum(onsets + 1, np.array([round(event.offset * sample_rate) for event in found], np.int64))
+    codes = np.array([manifest.label_names.index(event.label) for event in found], np.int32)
+    return Events(ids, onsets, offsets, codes), sha256_file(path)
 
 
 def row_labels(clip_labels: np.ndarray, plan: RowPlan) -> np.ndarray:
@@ -241,6 +263,7 @@ def _provenance(config: ExtractConfig, encoder: encoders.Encoder, manifest: Mani
             "embed_dim": encoder.embed_dim,
             "num_prefix": encoder.num_prefix,
             "sample_rate": encoder.sample_rate,
+            "time_steps": getattr(encoder, "time_steps", lambda: None)(),
         },
         "frontend": encoder.frontend_config(),
         "layers": extra["layers"],
@@ -392,6 +415,9 @@ def extract(config: ExtractConfig) -> ExtractReport:
         "batch_size": batch_size,
         "autocast": config.autocast,
     }
+    events, events_sha = strong_labels(config, manifest, skipped, encoder.sample_rate)
+    if events_sha is not None:  # only then: stores without events keep their fingerprints
+        fingerprint_fields["events_sha256"] = events_sha
     fingerprint = fingerprint_of(fingerprint_fields)
     spec = StoreSpec(
         n_clips=n_clips, num_tokens=n_time * n_freq, num_prefix=encoder.num_prefix, embed_dim=encoder.embed_dim,
@@ -418,7 +444,7 @@ def extract(config: ExtractConfig) -> ExtractReport:
             rows = RowInfo([manifest.clips[c].clip_id for c in plan.clip], plan.offsets, plan.lost)
             group = create_store(
                 out, spec, row_ids, row_labels(manifest.label_matrix(), plan), clip_splits[plan.clip],
-                plan.num_samples, provenance, fingerprint, skipped, rows,
+                plan.num_samples, provenance, fingerprint, skipped, rows, events,
             )
         distributed.barrier()  # under torchrun: every rank opens the store only after rank 0 made it
     if group is None:

@@ -55,6 +55,10 @@ class KaldiFbankConfig:
     def hop_samples(self) -> int:
         return round(self.sample_rate * self.frame_shift_ms / 1000)
 
+    def frame_samples(self) -> tuple[int, int, int]:
+        """(first frame's first sample, samples per frame, hop): snip_edges frames start at sample 0."""
+        return 0, self.window_samples, self.hop_samples
+
     def raw_frames(self, num_samples: int) -> int:
         """Frames kaldi produces for `num_samples` (snip_edges=True), before padding/cropping."""
         if num_samples < self.window_samples:
@@ -213,6 +217,10 @@ class MelDbConfig:
     def num_mel_bins(self) -> int:
         return self.n_mels
 
+    def frame_samples(self) -> tuple[int, int, int]:
+        """(first frame's first sample, samples per frame, hop): centred frames, the window's non-zero part."""
+        return -(self.win_length // 2), self.win_length, self.hop_length
+
     def raw_frames(self, num_samples: int) -> int:
         """Frames for `num_samples` with center=True."""
         return 1 + num_samples // self.hop_length
@@ -338,6 +346,10 @@ class WhisperLogMelConfig:
     @property
     def window_samples(self) -> int:
         return self.window_frames * self.hop_length
+
+    def frame_samples(self) -> tuple[int, int, int]:
+        """(first frame's first sample, samples per frame, hop): centred frames."""
+        return -(self.n_fft // 2), self.n_fft, self.hop_length
 
     def num_windows(self, num_samples: int) -> int:
         """How many encoder windows a clip of `num_samples` fills (at least one)."""

@@ -26,6 +26,7 @@ import yaml
 from tqdm import tqdm
 
 from embedcache import heads as head_registry
+from embedcache import sed
 from embedcache.errors import ConfigError, StoreError
 from embedcache.loader import SplitData, open_splits
 from embedcache.results import (
@@ -39,10 +40,12 @@ from embedcache.results import (
     load_units,
     save_unit,
     scalars,
+    sed_rows,
     split_label,
     split_names_of,
     write_folds,
     write_run,
+    write_sed,
     write_test_predictions,
 )
 from embedcache.store import TokenStore
@@ -55,6 +58,7 @@ from embedcache.train import (
     checked_weight_decay,
     mixes_layers,
     selection_metric,
+    split_frames,
     split_metrics,
 )
 
@@ -63,7 +67,7 @@ SPLIT_ROLES = ("train", "valid", "test")
 SPLIT_ALIASES = {"train": ("train",), "valid": ("valid", "val", "validation", "dev"), "test": ("test", "eval")}
 ROLE_WORDS = {"train": "training", "valid": "validation", "test": "test"}
 FOLD_PATTERN = re.compile(r"fold[_-]?(\d+)", re.IGNORECASE)
-TASKS = ("multilabel", "multiclass")
+TASKS = ("multilabel", "multiclass", "sed")
 DATA_ORDERS = ("per_seed", "shared")
 
 # The code's defaults; configs/probes/default.yaml spells out the same values (a test keeps them equal).
@@ -85,6 +89,9 @@ DEFAULT_CONFIG: dict = {
     "head_options": {},
     # Write every test clip's scores per head and seed (predictions.csv) and, for multi-class data, confusion.csv.
     "predictions": True,
+    # task: sed: frame scores median-filtered over this many seconds at prediction time (0: none), and the score
+    # an event must pass for the event predictions and the F1 scores (PSDS needs no threshold).
+    "sed": {"median_filter": 0.5, "threshold": 0.5},
     "train": TrainConfig(epochs=30, batch_size=32).to_dict(),
 }
 
@@ -257,6 +264,8 @@ def apply_overrides(
     splits: str | dict | None = None,
     head_options: dict | None = None,
     data_order: str | None = None,
+    task: str | None = None,
+    median_filter: float | None = None,
 ) -> dict:
     """A copy of `config` with the options given here applied: the one override path of the CLI, the Python API
     and the sweep. lr/weight decay replace the grid and every head's own values; head_options ({key: value}, or
@@ -272,9 +281,11 @@ def apply_overrides(
              if value is not None}
     if train:
         config["train"] = {**config.get("train", {}), **train}
-    for key, value in (("layer", layer), ("subset", subset), ("data_order", data_order)):
+    for key, value in (("layer", layer), ("subset", subset), ("data_order", data_order), ("task", task)):
         if value is not None:
             config[key] = value
+    if median_filter is not None:
+        config["sed"] = {**config.get("sed", {}), "median_filter": median_filter}
     if splits:
         config["splits"] = {**config.get("splits", {}), **(parse_splits(splits) if isinstance(splits, str)
                                                             else splits)}
@@ -332,7 +343,9 @@ def resolve_config(config: dict | None = None, **overrides) -> dict:
     if len(set(names)) != len(names):
         raise ConfigError(f"heads: names must be unique, got {names}; give repeated kinds a 'name'")
     if merged["task"] not in (None, *TASKS):
-        raise ConfigError(f"task {merged['task']!r}: choose multilabel, multiclass or null (detect from the labels)")
+        raise ConfigError(f"task {merged['task']!r}: choose multilabel, multiclass, sed (sound-event detection) or "
+                          "null (detect from the labels)")
+    merged["sed"] = _sed_settings(merged["sed"])
     if set(merged["splits"]) - set(SPLIT_ROLES) or merged["splits"].get("train") is None:
         raise ConfigError(f"splits: map the roles {list(SPLIT_ROLES)} to split names; train is required")
     merged["splits"] = {role: _split_value(merged["splits"].get(role), role) for role in SPLIT_ROLES}
@@ -347,6 +360,20 @@ def resolve_config(config: dict | None = None, **overrides) -> dict:
     merged["train"] = TrainConfig.from_dict(merged["train"]).to_dict()
     merged["subset"] = Subset.from_value(merged["subset"]).to_dict() or None  # the view, recorded as plain data
     return merged
+
+
+def _sed_settings(value) -> dict:
+    """The `sed` mapping: median_filter (seconds >= 0) and threshold (0 < t < 1), checked."""
+    if not isinstance(value, dict) or set(value) - {"median_filter", "threshold"}:
+        raise ConfigError(f"sed: {value!r}: give a mapping with median_filter (seconds) and threshold, e.g. "
+                          "{median_filter: 0.5, threshold: 0.5}")
+    settings = {**DEFAULT_CONFIG["sed"], **value}
+    median, threshold = settings["median_filter"], settings["threshold"]
+    if isinstance(median, bool) or not isinstance(median, int | float) or not 0 <= median < 1e6:
+        raise ConfigError(f"sed.median_filter: {median!r} is not a length in seconds >= 0 (0: no filter)")
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < 1:
+        raise ConfigError(f"sed.threshold: {threshold!r} is not a score between 0 and 1")
+    return {"median_filter": float(median), "threshold": float(threshold)}
 
 
 @dataclass(frozen=True)
@@ -383,6 +410,7 @@ class ProbeConfig:
     data_order: str
     predictions: bool
     train: TrainConfig
+    sed: dict = field(default_factory=lambda: dict(DEFAULT_CONFIG["sed"]))
 
     @classmethod
     def resolve(cls, config: dict | None = None, **overrides) -> ProbeConfig:
@@ -405,7 +433,7 @@ class ProbeConfig:
             "split_stores": dict(self.split_stores), "subset": self.subset,
             "heads": [head.to_dict() for head in self.heads], "grid": dict(self.grid), "seeds": self.seeds,
             "seed": self.seed, "data_order": self.data_order, "head_options": {}, "predictions": self.predictions,
-            "train": self.train.to_dict(),
+            "sed": dict(self.sed), "train": self.train.to_dict(),
         }
 
 
@@ -658,13 +686,21 @@ def run_probe(
     data = open_data(resolved, stores)
     train, valid, test = data["train"], data.get("valid"), data.get("test")
     resolved["layer"] = train.layer
-    multilabel = train.store.is_multilabel if resolved["task"] is None else resolved["task"] == "multilabel"
-    resolved["task"] = "multilabel" if multilabel else "multiclass"
+    frames = resolved["task"] == "sed"
+    if frames:
+        _check_sed(resolved, data)
+    multilabel = frames or (train.store.is_multilabel if resolved["task"] is None else resolved["task"] == "multilabel")
+    resolved["task"] = "sed" if frames else "multilabel" if multilabel else "multiclass"
     if not multilabel and (train.store.labels[train.store.selected].sum(axis=1) != 1).any():
         raise ConfigError(
             f"task: multiclass, but {train.store.path} has clips with zero or several labels; use task: multilabel"
         )
     metric = selection_metric(multilabel)
+
+    def metric_of(kind: str) -> str:
+        # sed: a head trained on frames is chosen on frame-level mAP; a weakly trained head on clip mAP (weak labels
+        # only, so its frame scores are never tuned on strong labels).
+        return "frame_map" if frames and head_registry.trains_on_frames(kind) else metric
 
     # Phase 1: the banks (one per seed, or one for every seed), each saved as a unit once trained, so that the same
     # command resumes an interrupted run without training a finished bank again.
@@ -680,7 +716,7 @@ def run_probe(
                 bar.update(resolved["train"]["epochs"])
             else:
                 train_config = TrainConfig.from_dict({**resolved["train"], "data_seed": unit["data_seed"]})
-                bank = HeadBank(unit["specs"], train_config, multilabel=multilabel).fit(
+                bank = HeadBank(unit["specs"], train_config, multilabel=multilabel, frames=frames).fit(
                     train, valid, on_epoch=lambda epoch, fitted: _show(bar, fitted, metric))
                 save_unit(out_dir, unit["name"], fingerprint, bank)
             bank_list.append((unit, bank))
@@ -693,18 +729,22 @@ def run_probe(
         "head": name, **({} if key is None else {"layer": layers_label(key)}), "kind": spec.kind, "lr": spec.lr,
         "weight_decay": spec.weight_decay, "seed": spec.seed,
         f"valid_{metric}": bank.valid_metrics_[k].get(metric, float("nan")) if valid is not None else "",
+        **({"valid_frame_map": bank.valid_metrics_[k].get("frame_map", float("nan")) if valid is not None else ""}
+           if frames else {}),
         "diverged": k in bank.diverged_,
     } for name, key, spec, bank, k in trained]
 
     # Phase 2: per named head and layer, the (lr, wd) with the best mean validation metric over seeds; test it once
     # per seed.
-    results, predictions = [], {}
+    results, predictions, detections = [], {}, []
     for head in resolved["heads"]:
         candidates = head_grid(head)
+        chosen_by = metric_of(head["kind"])
         for key in dict.fromkeys(key for name, key, *_ in trained if name == head["name"]):
 
-            def mean_valid(candidate: tuple[float, float], name: str = head["name"], key=key) -> float:
-                values = [bank.valid_metrics_[k].get(metric, float("nan")) for n, layer, spec, bank, k in trained
+            def mean_valid(candidate: tuple[float, float], name: str = head["name"], key=key,
+                           by: str = chosen_by) -> float:
+                values = [bank.valid_metrics_[k].get(by, float("nan")) for n, layer, spec, bank, k in trained
                           if (n, layer) == (name, key) and (spec.lr, spec.weight_decay) == candidate]
                 if valid is None:
                     return 0.0
@@ -716,8 +756,10 @@ def run_probe(
             members = [(seed, bank, k) for unit, bank in bank_list for seed, k in unit["members"]
                        if (unit["names"][k], unit["layers"][k]) == (head["name"], key)
                        and (unit["specs"][k].lr, unit["specs"][k].weight_decay) == chosen]
-            result, scores = _evaluate_chosen(head, chosen, members, valid, test, multilabel, metric,
+            result, scores = _evaluate_chosen(head, chosen, members, valid, test, multilabel, chosen_by,
                                               layer=list(key) if isinstance(key, tuple) else key)
+            if frames and test is not None:
+                detections += _evaluate_frames(result, members, test, resolved["sed"])
             results.append(result)
             predictions.update({(result.key, seed): value for seed, value in scores.items()})
 
@@ -727,6 +769,8 @@ def run_probe(
     write_run(report, bank_list, train.store)
     if resolved["predictions"] and test is not None:
         write_test_predictions(out_dir, test, predictions, multilabel)
+    if frames and test is not None:
+        write_sed(out_dir, sed_rows(results, _chance_frames(train, test, resolved["sed"])), detections)
     shutil.rmtree(out_dir / UNITS_DIR, ignore_errors=True)  # the run is whole: its chosen heads are in weights/
     ledger_path = Path(ledger) if ledger is not None else out_dir.resolve().parent / "ledger.csv"
     append_ledger(ledger_path, ledger_rows(report, train.store))
@@ -837,6 +881,63 @@ def _evaluate_chosen(head: dict, chosen: tuple[float, float], members: list, val
         layer=layer,
     )
     return result, scores
+
+
+# -- sound-event detection ------------------------------------------------------------------------------------
+def _check_sed(config: dict, data: dict[str, SplitData]) -> None:
+    """Refuse task sed before any training when a head gives no frame scores, a split's store keeps no strong
+    labels or time steps, or the metrics' package (extra `sed`) is missing."""
+    unable = [head["name"] for head in config["heads"] if not head_registry.gives_frames(head["kind"])]
+    if unable:
+        raise ConfigError(f"task sed: head(s) {', '.join(unable)} give no frame scores; use frame_linear or a "
+                          "prototype head (proto, protofloat, protobin)")
+    for role, split in data.items():
+        store = split.store
+        if not store.has_events or store.time_steps is None:
+            missing = "keeps no sound events" if not store.has_events else "records no token time steps"
+            raise ConfigError(f"task sed: the {role} store {store.path} {missing}; extract it with an events file "
+                              "(events.tsv beside the manifest, or --events FILE)")
+    if "test" in data:
+        sed.sed_scores_eval()
+
+
+def _sed_scores(test: SplitData, frame_scores: np.ndarray, settings: dict) -> tuple[dict, list[sed.Timeline]]:
+    """Frame metrics and sed_scores_eval's metrics of frame scores [N, n_time, C] on the strong-labelled test rows,
+    with their timelines (median-filtered as `settings` say)."""
+    targets, scored = split_frames(test)
+    strong = scored.any(axis=1)
+    found = {key: value for key, value in sed.frame_metrics(targets, frame_scores, scored).items()}
+    lines = sed.timelines(test.store, test.indices[strong], frame_scores[strong], settings["median_filter"])
+    found.update(sed.sed_metrics(lines, test.store.label_names, settings["threshold"]))
+    return found, lines
+
+
+def _evaluate_frames(result: HeadResult, members: list, test: SplitData, settings: dict) -> list[dict]:
+    """Add each healthy seed's sound-event metrics to `result` (its test metrics and their mean and std over seeds);
+    returns the events it detects: one row per (seed, clip, event) with onset and offset in seconds."""
+    names, found = test.store.label_names, []
+    for entry, (seed, bank, k) in zip(result.per_seed, members, strict=True):
+        if entry.get("diverged"):
+            continue
+        metrics_of_seed, lines = _sed_scores(test, bank.predict_frames(test, which=[k])[0], settings)
+        entry["test"].update(scalars(metrics_of_seed))
+        found += [{"head": result.key, "seed": seed, "clip_id": line.clip_id, "onset": round(onset, 6),
+                   "offset": round(offset, 6), "label": label, "score": round(score, 6)}
+                  for line in lines for onset, offset, label, score in sed.detect_events(line, names,
+                                                                                           settings["threshold"])]
+    healthy = [entry["test"] for entry in result.per_seed if not entry.get("diverged")]
+    result.test = _scalar_summary(healthy) if healthy else {}
+    return found
+
+
+def _chance_frames(train: SplitData, test: SplitData, settings: dict) -> dict[str, dict]:
+    """The test metrics of frame scores that know nothing of the audio (sed.chance_frame_scores), with the training
+    split's per-class rate of positive steps as the `prior` score."""
+    targets, scored = split_frames(train)
+    prior = targets[scored].mean(axis=0) if scored.any() else np.zeros(targets.shape[-1])
+    shape = split_frames(test)[0].shape
+    return {name: _sed_scores(test, scores, settings)[0]
+            for name, scores in sed.chance_frame_scores(shape, prior).items()}
 
 
 # -- units: banks saved as soon as they are trained (resume) ------------------------------------------------

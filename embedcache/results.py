@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from embedcache.errors import ConfigError, StoreError
 from embedcache.loader import SplitData
+from embedcache.sed import METRICS
 from embedcache.store import TokenStore
 from embedcache.train import HeadBank
 
@@ -288,6 +289,28 @@ def layer_rows(report: ProbeReport) -> list[dict]:
         rows += [{"head": r.name, "kind": r.kind, "layer": layer, "seeds": len(weights), "weight": float(w)}
                  for layer, w in zip(layers, mean, strict=True)]
     return rows
+
+
+SED_COLUMNS = ("frame_map", *METRICS)
+EVENT_PREDICTION_COLUMNS = ["head", "seed", "clip_id", "onset", "offset", "label", "score"]
+
+
+def sed_rows(results: Sequence[HeadResult], chance: dict[str, dict]) -> list[dict]:
+    """sed.csv of a sound-event detection run: per head its chosen configuration's test metrics (mean and std over
+    seeds), then one row per chance baseline (frame scores that know nothing of the audio)."""
+    rows = [{"head": r.key, "kind": r.kind, "lr": r.lr, "weight_decay": r.weight_decay, "seeds": len(r.per_seed),
+             **{key: r.test.get(key, "") for key in SED_COLUMNS},
+             **{f"{key}_std": r.test.get(f"{key}_std", "") for key in SED_COLUMNS}} for r in results]
+    return rows + [{"head": f"chance:{name}", "kind": "chance", **{key: found.get(key, "") for key in SED_COLUMNS}}
+                   for name, found in chance.items()]
+
+
+def write_sed(run_dir: Path, rows: list[dict], detections: list[dict]) -> None:
+    """sed.csv (`sed_rows`) and event_predictions.csv: every detected test event (head, seed, clip_id, onset,
+    offset in seconds, label, score)."""
+    columns = ["head", "kind", "lr", "weight_decay", "seeds", *SED_COLUMNS, *(f"{key}_std" for key in SED_COLUMNS)]
+    write_csv(run_dir / "sed.csv", rows, columns)
+    write_csv(run_dir / "event_predictions.csv", detections, EVENT_PREDICTION_COLUMNS)
 
 
 def write_test_predictions(run_dir: Path, test: SplitData, scores: dict, multilabel: bool) -> None:

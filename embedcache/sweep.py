@@ -669,6 +669,9 @@ def run_sweeps(
     if len(set(names)) != len(names):
         raise ConfigError(f"--head {','.join(heads or [])}: each head once (one study per head)")
 
+    if resolved["task"] == "sed":
+        raise ConfigError("sweep does not run task sed (sound-event detection) yet: run `embedcache probe --task sed` "
+                          "with an lr grid instead")
     # Trials need train and valid only; the test split is read by the final re-run.
     data = open_data({**resolved, "splits": {**resolved["splits"], "test": None}}, stores)
     store = data["train"].store

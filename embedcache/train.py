@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from embedcache import heads as head_registry
-from embedcache import losses, metrics
+from embedcache import losses, metrics, sed
 from embedcache.errors import ConfigError
 from embedcache.heads.layermix import LayerMixHead, LayerStack
 from embedcache.loader import DATA_PATHS, RawBatch, SplitData
@@ -178,12 +179,17 @@ class HeadBank:
     Learned state: heads_ (modules), curves_ (rows per head and epoch), valid_metrics_ (final, per head),
     data_paths_ (which path ran per split), loss_kind_, multilabel_.
     Over several layers each head reads the layer its spec names, a layer-mixing head all of them (see `head_input`).
+    frames (sound-event detection): every head must score time steps; a head that trains on frames (frame_linear)
+    learns from each step's strong labels (`split_frames`), the others from clip labels (weak), and validation adds
+    frame-level metrics (frame_map) for all of them.
     """
 
-    def __init__(self, specs: Sequence[HeadSpec], config: TrainConfig | None = None, multilabel: bool | None = None):
+    def __init__(self, specs: Sequence[HeadSpec], config: TrainConfig | None = None, multilabel: bool | None = None,
+                 frames: bool = False):
         self.specs = list(specs)
         self.config = config or TrainConfig()
         self.multilabel = multilabel
+        self.frames = frames
 
     def _build(self, train: SplitData) -> None:
         store = train.store
@@ -203,6 +209,26 @@ class HeadBank:
             )
             self.heads_.append(head.to(train.device))
         self.routes_ = head_routes(self.heads_, [spec.layer for spec in self.specs], train.layers)
+        if self.frames:
+            unable = sorted({spec.kind for spec, head in zip(self.specs, self.heads_) if not head.gives_frames})
+            if unable:
+                raise ConfigError(f"sound-event detection: head(s) {', '.join(unable)} give no frame scores; use "
+                                  "frame_linear or a prototype head (proto, protofloat, protobin)")
+
+    def metric_of(self, k: int) -> str:
+        """The validation metric head k is chosen by: frame_map for a head trained on frames, else the clip one."""
+        if self.frames and self.heads_[k].trains_on_frames:
+            return "frame_map"
+        return selection_metric(self.multilabel_)
+
+    def _frame_loss(self, logits: torch.Tensor, raw: RawBatch, frames: tuple) -> torch.Tensor:
+        """A frame head's loss on the strong-labelled real time steps of a batch (logits [B, n_time, C])."""
+        targets, scored = frames
+        rows = torch.from_numpy(raw.positions).to(targets.device)
+        steps = scored[rows] & raw.mask.view(len(rows), logits.shape[1], -1).any(dim=2)
+        if not bool(steps.any()):
+            return logits.sum() * 0.0  # no strong label in this batch: no gradient, no NaN
+        return self.loss_fn_(logits[steps].float(), targets[rows][steps])
 
     def _init_rng(self, device: torch.device) -> None:
         # Heads with dropout draw from the global RNG: give each its own RNG state so neighbours cannot shift it.
@@ -276,6 +302,10 @@ class HeadBank:
         self.stopped_: set[int] = set()
         self.diverged_: set[int] = set()
         metric = selection_metric(self.multilabel_)
+        frames, n_freq = None, train.store.grid[1]
+        if self.frames:
+            targets, scored = split_frames(train)
+            frames = (torch.from_numpy(targets.astype(np.float32)).to(device), torch.from_numpy(scored).to(device))
         # Heads with no optimiser parameters (knn, logreg) are fitted once here and take no part in the loop.
         trained = [k for k, head in enumerate(self.heads_) if head.uses_optimiser]
         self._fit_data([k for k in range(len(self.heads_)) if k not in trained], train, valid)
@@ -293,9 +323,13 @@ class HeadBank:
                 targets = self._loss_targets(raw.targets)
                 head_losses = []
                 for k in active:
+                    on_frames = frames is not None and self.heads_[k].trains_on_frames
                     with self._head_rng(k, device), self._autocast(device):
-                        logits = self.heads_[k](head_input(batch, self.routes_[k]))
-                    head_losses.append(self.loss_fn_(logits.float(), targets) + self.heads_[k].auxiliary_loss())
+                        head_in = head_input(batch, self.routes_[k])
+                        logits = self.heads_[k].frame_logits(head_in, n_freq) if on_frames else self.heads_[k](head_in)
+                    loss = self._frame_loss(logits, raw, frames) if on_frames else self.loss_fn_(logits.float(),
+                                                                                                     targets)
+                    head_losses.append(loss + self.heads_[k].auxiliary_loss())
                 optimiser.zero_grad(set_to_none=True)
                 torch.stack(head_losses).sum().backward()
                 optimiser.step()
@@ -316,6 +350,8 @@ class HeadBank:
                 self._mark_diverged([k for k in alive if k not in finite], epoch + 1, "validation scores")
                 results = {k: split_metrics(valid.labels, s, self.multilabel_, valid.recordings)
                            for k, s in finite.items()}
+                if self.frames:
+                    self._add_frame_metrics(results, valid, epoch + 1)
                 for k, result in results.items():
                     self.valid_metrics_[k] = result
                 if on_validation is not None:
@@ -326,11 +362,24 @@ class HeadBank:
                     "head": spec.label, "kind": spec.kind, "lr": spec.lr, "weight_decay": spec.weight_decay,
                     "seed": spec.seed, "epoch": epoch + 1, "train_loss": losses_per_head[k],
                     f"valid_{metric}": results[k][metric] if k in results else "",
+                    **({"valid_frame_map": results[k]["frame_map"] if k in results else ""} if self.frames else {}),
                     "lr_now": optimiser.param_groups[k]["lr"], "train_seconds": round(train_seconds, 4),
                 })
             if on_epoch is not None:
                 on_epoch(epoch + 1, self)
         return self
+
+    def _add_frame_metrics(self, results: dict[int, dict], valid: SplitData, epoch: int) -> None:
+        """Frame-level metrics (sed.frame_metrics) of every head in `results` on `valid`, merged into its metrics; a
+        head whose frame scores are not finite is marked diverged and dropped from `results`."""
+        targets, scored = split_frames(valid)
+        which = list(results)
+        for k, scores in zip(which, self.predict_frames(valid, which=which)):
+            if not np.isfinite(scores).all():
+                self._mark_diverged([k], epoch, "validation frame scores")
+                results.pop(k)
+                continue
+            results[k].update(sed.frame_metrics(targets, scores, scored))
 
     def _fit_data(self, which: Sequence[int], train: SplitData, valid: SplitData | None) -> None:
         """Fit the heads that take no optimiser (`which`) from whole splits, then score them on `valid` as the
@@ -365,6 +414,7 @@ class HeadBank:
             "head_configs": [head.config for head in self.heads_], "multilabel": self.multilabel_,
             "loss_kind": self.loss_kind_, "valid_metrics": self.valid_metrics_, "curves": self.curves_,
             "data_paths": self.data_paths_, "stopped": sorted(self.stopped_), "diverged": sorted(self.diverged_),
+            **({"frames": True} if self.frames else {}),
         }
         return tensors, state
 
@@ -372,7 +422,7 @@ class HeadBank:
     def restore(cls, tensors: dict[str, torch.Tensor], state: dict, device: torch.device | str = "cpu") -> HeadBank:
         """The fitted bank a `snapshot` describes (heads rebuilt from their configs, weights loaded)."""
         bank = cls([HeadSpec(**spec) for spec in state["specs"]], TrainConfig.from_dict(state["config"]),
-                   multilabel=state["multilabel"])
+                   multilabel=state["multilabel"], frames=bool(state.get("frames", False)))
         bank.multilabel_, bank.loss_kind_ = state["multilabel"], state["loss_kind"]
         bank.heads_ = []
         for k, config in enumerate(state["head_configs"]):
@@ -391,13 +441,57 @@ class HeadBank:
         for k in heads:
             self.diverged_.add(k)
             self.valid_metrics_[k] = {metric: math.nan, "diverged": True, "diverged_epoch": epoch,
-                                      "diverged_in": what}
+                                      "diverged_in": what, **({"frame_map": math.nan} if self.frames else {})}
 
     def predict(self, data: SplitData, which: Sequence[int] | None = None) -> list[np.ndarray]:
         """Scores [N, C] per selected head over the whole split, in split order (sigmoid or softmax)."""
         chosen = list(range(len(self.heads_))) if which is None else list(which)
         return predict_scores([self.heads_[k] for k in chosen], data, self.multilabel_, self.config.batch_size,
                               amp=self.config.amp, layers=[self.specs[k].layer for k in chosen])
+
+
+    def predict_frames(self, data: SplitData, which: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Frame scores [N, n_time, C] (sigmoid) per selected head over the whole split, in split order; heads that
+        give frames only (padding steps hold whatever the head says there: mask them with `split_frames`)."""
+        chosen = list(range(len(self.heads_))) if which is None else list(which)
+        return predict_frame_scores([self.heads_[k] for k in chosen], data, self.config.batch_size,
+                                    amp=self.config.amp, layers=[self.specs[k].layer for k in chosen])
+
+
+_FRAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def split_frames(data: SplitData) -> tuple[np.ndarray, np.ndarray]:
+    """(targets [N, n_time, C] uint8, scored [N, n_time] bool) of a split: each time step's strong labels, and the
+    steps that count (real audio of rows whose strong labels are known); computed once per split."""
+    if data not in _FRAMES:
+        store = data.store
+        targets, strong = store.strong_targets(data.indices)
+        steps = store.valid_tokens[data.indices].astype(np.int64) // store.grid[1]
+        scored = (np.arange(store.grid[0])[None, :] < steps[:, None]) & strong[:, None]
+        _FRAMES[data] = (targets, scored)
+    return _FRAMES[data]
+
+
+@torch.no_grad()
+def predict_frame_scores(
+    heads: Sequence[torch.nn.Module], data: SplitData, batch_size: int = 128, amp: bool = True,
+    layers: Sequence[int | None] | None = None,
+) -> list[np.ndarray]:
+    """Frame scores [N, n_time, C] (sigmoid of `frame_logits`) of each head over the whole split, in split order."""
+    for head in heads:
+        head.eval()
+    routes = head_routes(heads, layers or [None] * len(heads), data.layers)
+    outputs: list[list[torch.Tensor]] = [[] for _ in heads]
+    autocast = data.device.type == "cuda" and amp
+    n_freq = data.store.grid[1]
+    for raw in data.batches(batch_size):
+        batch = _token_batch(raw)
+        for slot, head in enumerate(heads):
+            with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+                logits = head.frame_logits(head_input(batch, routes[slot]), n_freq).float()
+            outputs[slot].append(torch.sigmoid(logits).cpu())
+    return [torch.cat(parts).numpy() for parts in outputs]
 
 
 @torch.no_grad()

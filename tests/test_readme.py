@@ -26,6 +26,8 @@ NOT_HERE = {
     "data/drums": "class folders of velocity layers; tests/test_adapters_folders.py runs --group-by on generated ones",
     "speech_commands_v0.02": "Speech Commands v2; tests/test_adapters_speech_commands.py runs it on a generated copy",
     "data/birdset_hsn": "a saved BirdSet split; tests/test_adapters_hf.py runs hf on data sets built with `datasets`",
+    "data/DESED": "the DESED data set; tests/test_sed.py runs the adapter on a generated DESED layout",
+    "data/URBAN-SED": "the URBAN-SED data set; tests/test_sed.py runs the adapter on a generated URBAN-SED layout",
 }
 # Flags appended so a line finishes in seconds; the command and its other arguments are the README's.
 FAST = {

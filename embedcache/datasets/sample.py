@@ -12,6 +12,7 @@ import soundfile as sf
 
 from embedcache.audio import load_audio
 from embedcache.datasets.adapters import SPLIT_NAMES, write_manifest
+from embedcache.datasets.events import EVENTS_NAME, write_events_file
 from embedcache.datasets.manifest import Clip
 from embedcache.errors import ConfigError
 
@@ -66,8 +67,9 @@ def build_sample_set(
 ) -> Path:
     """Mix 1-3 one-shot events of different classes over a quiet ambient bed per clip; returns the manifest path.
 
-    Writes audio/clip_NNNN.<format>, manifest.csv, labels.txt (event classes only) and events.csv (onset/offset of
-    every event) into `out_dir`. Splits are train/valid/test 70/15/15 with every class in every split, and each
+    Writes audio/clip_NNNN.<format>, manifest.csv, labels.txt (event classes only), events.csv (onset/offset and
+    source of every event) and the same events as events.tsv (DESED's format, which extract keeps as strong labels)
+    into `out_dir`. Splits are train/valid/test 70/15/15 with every class in every split, and each
     split draws its events from its own source recordings, so no one-shot is shared between splits.
     Same arguments -> byte-identical files.
     """
@@ -107,6 +109,8 @@ def build_sample_set(
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["clip_id", "label", "source", "onset_s", "offset_s"])
         writer.writerows(event_rows)
+    write_events_file(out_dir / EVENTS_NAME, [(clip_id, float(onset), float(offset), label)
+                                              for clip_id, label, _, onset, offset in event_rows])
     return write_manifest(out_dir / "manifest.csv", clips, classes)
 
 
@@ -176,3 +180,72 @@ def _mix_clip(
 def _db(level: float) -> float:
     """dB -> linear amplitude."""
     return 10.0 ** (level / 20.0)
+
+
+# -- a sound-event detection set with known events -----------------------------------------------------------------
+TONE_HZ = (440.0, 1250.0, 3100.0)
+
+
+def build_tone_events(
+    out_dir: str | Path,
+    n_clips: int = 60,
+    clip_seconds: float = 5.0,
+    sample_rate: int = 16000,
+    event_seconds: tuple[float, float] = (0.6, 2.0),
+    tones_hz: tuple[float, ...] = TONE_HZ,
+    seed: int = 0,
+    noise_db: float = -50.0,
+    distractors: int = 0,
+) -> Path:
+    """Clips of noise (RMS `noise_db` dBFS) with 1-2 tone events (class k: a tone at tones_hz[k] with two harmonics,
+    10 ms fades, peak -14..-8 dBFS) at seeded onsets, and `distractors` unlabelled tones per clip at other pitches
+    (at least 20 % away from every class tone): manifest.csv (weak labels), labels.txt and events.tsv (strong labels)
+    in `out_dir`, splits 70/15/15. Two events of one clip have different classes; every split covers every class.
+    Same arguments -> byte-identical files."""
+    classes = [f"tone{round(hz)}" for hz in tones_hz]
+    sizes = _split_sizes(n_clips, len(classes))
+    num_samples = round(clip_seconds * sample_rate)
+    out_dir = Path(out_dir).absolute()
+    (out_dir / "audio").mkdir(parents=True, exist_ok=True)
+    clips, events, index = [], [], 0
+    for split, size in zip(SPLIT_NAMES, sizes, strict=True):
+        for position in range(size):
+            rng = np.random.default_rng([seed, index, 7])
+            chosen = [position % len(classes)] + ([int(rng.integers(len(classes)))] if rng.random() < 0.5 else [])
+            chosen = list(dict.fromkeys(chosen))
+            wave = rng.standard_normal(num_samples) * _db(noise_db)
+            clip_id = f"tone_{index:04d}"
+            for _ in range(distractors):
+                hz = _distractor_pitch(rng, tones_hz)
+                length = round(rng.uniform(*event_seconds) * sample_rate)
+                onset = int(rng.integers(0, num_samples - length))
+                wave[onset: onset + length] += _tone(hz, length, sample_rate) * _db(rng.uniform(-14, -8))
+            for k in chosen:
+                length = round(rng.uniform(*event_seconds) * sample_rate)
+                onset = int(rng.integers(0, num_samples - length))
+                wave[onset: onset + length] += _tone(tones_hz[k], length, sample_rate) * _db(rng.uniform(-14, -8))
+                events.append((clip_id, onset / sample_rate, (onset + length) / sample_rate, classes[k]))
+            path = out_dir / "audio" / f"{clip_id}.wav"
+            sf.write(path, np.clip(wave, -1, 1).astype(np.float32), sample_rate, subtype="PCM_16")
+            clips.append(Clip(clip_id, path, tuple(classes[k] for k in sorted(chosen)), split))
+            index += 1
+    write_events_file(out_dir / EVENTS_NAME, events)
+    return write_manifest(out_dir / "manifest.csv", clips, classes)
+
+
+def _distractor_pitch(rng: np.random.Generator, tones_hz: tuple[float, ...]) -> float:
+    """A pitch between 200 Hz and 2.4 kHz (harmonics below 8 kHz) at least 20 % away from every class tone."""
+    while True:
+        hz = float(np.exp(rng.uniform(np.log(200.0), np.log(2400.0))))
+        if all(abs(hz / tone - 1.0) >= 0.2 for tone in tones_hz):
+            return hz
+
+
+def _tone(hz: float, length: int, sample_rate: int) -> np.ndarray:
+    """A tone with its 2nd and 3rd harmonics, peak 1, faded in and out over 10 ms."""
+    time = np.arange(length) / sample_rate
+    wave = sum(np.sin(2 * np.pi * hz * h * time) / h for h in (1, 2, 3))
+    fade = min(length // 2, sample_rate // 100)
+    ramp = np.ones(length)
+    ramp[:fade], ramp[length - fade:] = np.linspace(0, 1, fade), np.linspace(1, 0, fade)
+    return wave * ramp / np.abs(wave).max()

@@ -62,6 +62,11 @@ class Encoder(torch.nn.Module, metaclass=abc.ABCMeta):
     ) -> EncoderOutput:
         """Tokens for a waveform batch [B, S] at `sample_rate` (clip b is wave[b, :lengths[b]]) for `layers`."""
 
+    def time_steps(self) -> dict | None:
+        """Which samples each token time step covers, as TimeSteps.to_dict() (embedcache.events): start, span and
+        stride in samples; recorded in the store so strong labels map onto the grid. None: not known (plug-ins)."""
+        return None
+
     def max_input_samples(self) -> int | None:
         """The most samples one clip's tokens can cover: a fixed-length model crops longer clips to this
         (official semantics); None when any length is encoded whole (attended or chunked)."""

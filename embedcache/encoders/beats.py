@@ -19,6 +19,7 @@ from torch import nn
 
 from embedcache.encoders.base import Encoder, EncoderOutput
 from embedcache.errors import ConfigError
+from embedcache.events import TimeSteps
 from embedcache.frontends import KaldiFbank, beats_fbank_config
 
 # cfg entries that only matter for training or for the fine-tuned classifier head.
@@ -366,6 +367,10 @@ class Beats(Encoder):
         patch = self.cfg.input_patch_size
         frames = self.fbank.config.raw_frames(num_samples)
         return frames // patch, self.fbank.config.num_mel_bins // patch
+
+    def time_steps(self) -> dict:
+        """A step is one 16-frame patch of the snip-edges fbank."""
+        return TimeSteps.of_patches(*self.fbank.config.frame_samples(), self.cfg.input_patch_size).to_dict()
 
     def valid_tokens(self, num_real: int, num_total: int) -> int:
         """The tokens of the clip alone (whole 16-frame patches of its own fbank), counted time-major."""

@@ -19,6 +19,7 @@ from torch import nn
 from embedcache.encoders.base import Encoder, EncoderOutput
 from embedcache.encoders.vit import Attention, Mlp
 from embedcache.errors import ConfigError
+from embedcache.events import TimeSteps
 from embedcache.frontends import MelDb, dasheng_mel_config
 
 # Constructor arguments of the official encoder that do not change inference (dropouts, masking, pooling eval).
@@ -345,6 +346,10 @@ class Dasheng(Encoder):
 
     def token_grid(self, num_samples: int) -> tuple[int, int]:
         return self.frontend.config.num_frames(num_samples) // self.cfg.patch_frames, 1
+
+    def time_steps(self) -> dict:
+        """A step is one full-band patch of `patch_frames` centred mel frames."""
+        return TimeSteps.of_patches(*self.frontend.config.frame_samples(), self.cfg.patch_frames).to_dict()
 
     def valid_tokens(self, num_real: int, num_total: int) -> int:
         """The tokens of the clip alone (whole 4-frame patches of its own mel-dB)."""

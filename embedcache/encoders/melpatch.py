@@ -9,6 +9,7 @@ import torchaudio
 
 from embedcache.encoders.base import Encoder, EncoderOutput
 from embedcache.errors import ConfigError
+from embedcache.events import TimeSteps
 
 
 class MelPatch(Encoder):
@@ -83,6 +84,10 @@ class MelPatch(Encoder):
         """The tokens of the clip alone (whole patches of its own log-mel)."""
         n_time, n_freq = self.token_grid(num_total)
         return min(n_time, self.token_grid(num_real)[0]) * n_freq
+
+    def time_steps(self) -> dict:
+        """A step is one patch of `patch_time` centred STFT frames (n_fft samples each)."""
+        return TimeSteps.of_patches(-(self.n_fft // 2), self.n_fft, self.hop_length, self.patch_time).to_dict()
 
     def num_frames(self, num_samples: int) -> int:
         return num_samples // self.hop_length + 1  # center=True

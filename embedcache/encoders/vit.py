@@ -13,6 +13,7 @@ from torch import nn
 
 from embedcache.encoders.base import Encoder, EncoderOutput
 from embedcache.errors import ConfigError
+from embedcache.events import TimeSteps
 from embedcache.frontends import KaldiFbank, KaldiFbankConfig, MelDb, MelDbConfig
 
 TIME_FIRST = "time_first"
@@ -367,6 +368,16 @@ class ViTEncoder(Encoder):
         spans = self._chunks(frames)
         n_freq = self.spec.grid(frames)[1]
         return sum(self.spec.grid(b - a)[0] for a, b in spans), n_freq
+
+    def time_steps(self) -> dict | None:
+        """A step is one patch row (`spec.patch[0]` frames every `spec.stride[0]`). Exact within one chunk; a chunked
+        encoder whose chunk is not a whole number of strides drops chunk % stride frames per chunk (ATST-Frame: one
+        10 ms frame per 10 s). None for overlapping patches in chunks."""
+        patch, stride, chunk = self.spec.patch[0], self.spec.stride[0], self.spec.chunk_frames
+        if chunk is not None and patch != stride:
+            return None
+        start, span, hop = self.frontend.config.frame_samples()
+        return TimeSteps(start, (patch - 1) * hop + span, stride * hop).to_dict()
 
     def valid_tokens(self, num_real: int, num_total: int) -> int:
         """Tokens of time steps that start inside the clip's real frames, counted time-major."""

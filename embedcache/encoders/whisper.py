@@ -23,6 +23,7 @@ from torch import nn
 
 from embedcache.encoders.base import Encoder, EncoderOutput
 from embedcache.errors import ConfigError
+from embedcache.events import TimeSteps
 from embedcache.frontends import WhisperLogMel, WhisperLogMelConfig
 
 SAMPLES_PER_TOKEN = 320  # hop 160 x conv2 stride 2: 20 ms per token at 16 kHz
@@ -372,6 +373,11 @@ class Whisper(Encoder):
 
     def token_grid(self, num_samples: int) -> tuple[int, int]:
         return -(-num_samples // SAMPLES_PER_TOKEN), 1
+
+    def time_steps(self) -> dict:
+        """Token t is conv2 (stride 2) over conv1 (kernel 3) outputs: it reads mel frames 2t - 2 .. 2t + 2."""
+        start, span, hop = self.frontend.config.frame_samples()
+        return TimeSteps(start - 2 * hop, 4 * hop + span, 2 * hop).to_dict()
 
     def valid_tokens(self, num_real: int, num_total: int) -> int:
         """Tokens overlapping the real audio: one per started 20 ms."""

@@ -1,5 +1,6 @@
 """Probe heads on cached tokens, created by name: linear, mlp, attentive, ep, simpool, abmilp, proto, protofloat,
-protobin, and knn and logreg (fitted from whole splits, no optimiser)."""
+protobin, knn and logreg (fitted from whole splits, no optimiser), and frame_linear (per time step, for sound-event
+detection; the prototype heads score time steps too)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from embedcache.heads.abmilp import ABMILPHead
 from embedcache.heads.attentive import AttentiveHead
 from embedcache.heads.base import ProbeHead, TokenBatch, masked_max
 from embedcache.heads.ep import EfficientProbingHead
+from embedcache.heads.frame import FrameLinearHead
 from embedcache.heads.knn import KNNHead
 from embedcache.heads.layermix import LayerMixHead
 from embedcache.heads.logreg import LogRegHead
@@ -29,6 +31,7 @@ __all__ = [
     "ABMILPHead",
     "AttentiveHead",
     "EfficientProbingHead",
+    "FrameLinearHead",
     "KNNHead",
     "LabelledSplit",
     "LinearHead",
@@ -45,6 +48,8 @@ __all__ = [
     "head_options",
     "masked_max",
     "unpack_prototypes",
+    "gives_frames",
+    "trains_on_frames",
     "uses_optimiser",
 ]
 
@@ -61,6 +66,7 @@ _CLASSES: dict[str, type[ProbeHead]] = {
     "layermix": LayerMixHead,
     "knn": KNNHead,
     "logreg": LogRegHead,
+    "frame_linear": FrameLinearHead,
 }
 HEAD_KINDS = tuple(_CLASSES)
 
@@ -77,6 +83,17 @@ def head_options(kind: str) -> dict:
 def uses_optimiser(kind: str) -> bool:
     """False for a head fitted from whole splits with no optimiser (knn, logreg): it ignores lr and weight decay."""
     return _head_class(kind).uses_optimiser
+
+
+def gives_frames(kind: str) -> bool:
+    """Whether a head kind scores every token time step (sound-event detection): frame_linear and the prototype
+    heads."""
+    return _head_class(kind).gives_frames
+
+
+def trains_on_frames(kind: str) -> bool:
+    """Whether a head kind learns from per-step strong labels in sound-event detection (the others: clip labels)."""
+    return _head_class(kind).trains_on_frames
 
 
 def create(kind: str, num_classes: int, embed_dim: int, has_prefix: bool = False, **options) -> ProbeHead:

@@ -99,6 +99,27 @@ class TokenBatch:
             return None
         return self.prefix[:, 0]
 
+    def step_mask(self, n_freq: int) -> torch.Tensor:
+        """[B, n_time] bool: time steps (n_freq tokens each, time-major) holding at least one real token."""
+        return self.mask.view(self.mask.shape[0], -1, n_freq).any(dim=2)
+
+    def step_mean(self, n_freq: int) -> torch.Tensor:
+        """[B, n_time, D]: each time step's tokens averaged over its real frequency tokens (zeros for padding)."""
+        batch, length, dim = self.clean.shape
+        counts = self.mask.view(batch, -1, n_freq).sum(dim=2, keepdim=True).clamp(min=1)
+        return self.clean.view(batch, length // n_freq, n_freq, dim).sum(dim=2) / counts.to(self.clean.dtype)
+
+
+def max_over_frequency(values: torch.Tensor, mask: torch.Tensor, n_freq: int) -> torch.Tensor:
+    """Max over the frequency tokens of each time step: values [B, T, K] (time-major, T = n_time * n_freq) at
+    positions where mask [B, T] is True -> [B, n_time, K]; 0 for a step with no real token."""
+    batch, length, width = values.shape
+    filled = values.masked_fill(mask.logical_not().unsqueeze(-1), -math.inf).view(batch, length // n_freq, n_freq,
+                                                                                  width)
+    best = filled.max(dim=2).values
+    real = mask.view(batch, -1, n_freq).any(dim=2, keepdim=True)
+    return torch.where(real, best, torch.zeros((), dtype=best.dtype, device=best.device))
+
 
 def masked_max(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Max over dim 1 of values [B, T, K] at positions where mask [B, T] is True -> [B, K]; 0 where a row has none."""
@@ -114,6 +135,10 @@ class ProbeHead(nn.Module, metaclass=abc.ABCMeta):
     # False: the head has no optimiser parameters (knn, logreg). HeadBank then calls `fit_data` once instead of
     # training it by SGD, leaves it out of the optimiser and the summed loss, and its lr and weight decay mean nothing.
     uses_optimiser: ClassVar[bool] = True
+    # Sound-event detection: a head that gives frames scores every token time step (`frame_logits`); one that also
+    # trains on frames learns from per-step strong labels, the others from clip labels (weak), as in probe --task sed.
+    gives_frames: ClassVar[bool] = False
+    trains_on_frames: ClassVar[bool] = False
 
     def __init__(self, num_classes: int, embed_dim: int, has_prefix: bool = False):
         super().__init__()
@@ -140,6 +165,12 @@ class ProbeHead(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def forward(self, batch: TokenBatch) -> torch.Tensor:
         """Logits [B, C] for a token batch."""
+
+    def frame_logits(self, batch: TokenBatch, n_freq: int) -> torch.Tensor:
+        """Logits [B, n_time, C] of every token time step (tokens time-major, n_freq per step); heads that give
+        frames only."""
+        raise NotImplementedError(f"{self.kind} head gives no frame scores; sound-event detection takes "
+                                  "frame_linear or a prototype head")
 
     def auxiliary_loss(self) -> torch.Tensor:
         """A scalar added to the task loss; zero unless the head has a regulariser of its own."""

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from embedcache.errors import ConfigError
-from embedcache.heads.base import ProbeHead, TokenBatch, make_linear
+from embedcache.heads.base import ProbeHead, TokenBatch, make_linear, max_over_frequency
 
 
 def default_prototypes_per_class(num_classes: int) -> int:
@@ -121,6 +121,13 @@ def prototype_scores(batch: TokenBatch, prototypes: torch.Tensor) -> torch.Tenso
     return _MaxCosine.apply(batch.normalized, unit, batch.mask)
 
 
+def prototype_step_scores(batch: TokenBatch, prototypes: torch.Tensor, n_freq: int) -> torch.Tensor:
+    """Per time step, the max over its real frequency tokens of the cosine similarity to each prototype:
+    [B, n_time, J] for prototypes [J, D] (tokens time-major, n_freq per step); 0 for a step with no real token."""
+    unit = nn.functional.normalize(prototypes, dim=-1).to(batch.normalized.dtype)
+    return max_over_frequency(torch.matmul(batch.normalized, unit.t()), batch.mask, n_freq)
+
+
 def pack_signs(prototypes: torch.Tensor) -> dict:
     """The signs of prototypes [J, D] packed 1 bit per value (bit 1 = +1, 0 = -1, big-endian within a byte)."""
     signs = (prototypes.detach() >= 0).cpu().numpy().reshape(-1)
@@ -178,12 +185,23 @@ class ProtoHead(ProbeHead):
         self.class_weight = nn.Parameter(torch.ones(num_classes, per_class))
         self.bias = nn.Parameter(torch.full((num_classes,), -2.0))
 
+    gives_frames = True
+
     def forward(self, batch: TokenBatch) -> torch.Tensor:
         self._check_dim(batch)
-        scores = prototype_scores(batch, self.prototypes).relu()  # [B, C * J]; ReLU commutes with the max
-        scores = scores.view(-1, self.num_classes, self.prototypes_per_class)
+        return self._class_logits(prototype_scores(batch, self.prototypes))
+
+    def frame_logits(self, batch: TokenBatch, n_freq: int) -> torch.Tensor:
+        """The clip logit's recipe per time step: each prototype's best cosine over the step's frequency tokens,
+        then the class-bound weights [B, n_time, C]."""
+        self._check_dim(batch)
+        return self._class_logits(prototype_step_scores(batch, self.prototypes, n_freq))
+
+    def _class_logits(self, scores: torch.Tensor) -> torch.Tensor:
+        """Prototype scores [..., C * J] -> logits [..., C]: ReLU (it commutes with the max), class weights, bias."""
+        scores = scores.relu().unflatten(-1, (self.num_classes, self.prototypes_per_class))
         weight = self.class_weight.relu().to(scores.dtype)
-        return torch.einsum("bcj,cj->bc", scores, weight) + self.bias.to(scores.dtype)
+        return torch.einsum("...cj,cj->...c", scores, weight) + self.bias.to(scores.dtype)
 
     def auxiliary_loss(self) -> torch.Tensor:
         unit = nn.functional.normalize(self.prototypes, dim=-1)
@@ -224,9 +242,17 @@ class ProtoFloatHead(ProbeHead):
         """The prototypes [C * J, D] the forward pass compares tokens with."""
         return self.prototypes
 
+    gives_frames = True
+
     def forward(self, batch: TokenBatch) -> torch.Tensor:
         self._check_dim(batch)
         return self.fc(prototype_scores(batch, self.active_prototypes()))
+
+    def frame_logits(self, batch: TokenBatch, n_freq: int) -> torch.Tensor:
+        """The similarity map as frame scores: each prototype's best cosine over a time step's frequency tokens,
+        then the class weights (the same linear layer as the clip logits) [B, n_time, C]."""
+        self._check_dim(batch)
+        return self.fc(prototype_step_scores(batch, self.active_prototypes(), n_freq))
 
 
 class ProtoBinHead(ProtoFloatHead):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from embedcache import sed
 from embedcache.errors import ConfigError
 from embedcache.report import figures
 from embedcache.report.evidence import (
@@ -212,6 +213,43 @@ def prototype_section(run_dir: Path, out_dir: Path, clips: list[str] | None, cou
     return section, images
 
 
+def events_section(run_dir: Path, out_dir: Path, clips: list[str] | None,
+                   count: int) -> tuple[Section | None, list[Path]]:
+    """A sound-event detection run (event_predictions.csv): each chosen clip's true and predicted events (the lowest
+    seed of every head) as timelines under its spectrogram."""
+    path = run_dir / "event_predictions.csv"
+    if not path.is_file():
+        return None, []
+    config = _run_config(run_dir)
+    store = TokenStore.open(config["store"], subset=config.get("subset"))
+    rows = read_csv(path)
+    heads = list(dict.fromkeys(row["head"] for row in rows))
+    seeds = {head: min(int(row["seed"]) for row in rows if row["head"] == head) for head in heads}
+    layer = config.get("layer") if isinstance(config.get("layer"), int) else None
+    section = Section("Sound events: true and predicted timelines")
+    images, manifests = [], {}
+    for index, _ in choose_clips(store, config, clips, count):
+        clip_id = str(store.clip_ids[index])
+        tokens, mask = store.read_tokens(layer, index, index + 1)[0], store.token_mask(index, index + 1)[0]
+        background = clip_background(store, index, tokens, mask, manifests)
+        line = sed.timelines(store, [index], np.zeros((1, store.grid[0], len(store.label_names))), 0.0)[0]
+        predicted = {head: [(float(r["onset"]), float(r["offset"]), r["label"], float(r["score"])) for r in rows
+                            if r["head"] == head and int(r["seed"]) == seeds[head] and r["clip_id"] == clip_id]
+                     for head in heads}
+        figure = figures.event_timeline_figure(clip_id, background, line.duration, store.label_names, line.truth,
+                                               predicted)
+        image = figures.save(figure, out_dir / f"events_{_safe(clip_id)}.png")
+        images.append(image)
+        section.images.append((image, f"{clip_id}: true events and the events of {', '.join(heads)}"))
+    section.paragraphs.append(
+        f"Run {run_dir.name} (sound-event detection, threshold {config.get('sed', {}).get('threshold')}, median "
+        f"filter {config.get('sed', {}).get('median_filter')} s): for {len(images)} test clip(s) chosen to cover the "
+        "classes, the spectrogram over one lane per class and source: the true events (dark) and each head's "
+        "predicted events (event_predictions.csv, its lowest seed), each bar as opaque as its score. Metrics: sed.csv."
+    )
+    return section, images
+
+
 def per_class_section(run_dirs: list[Path], out_dir: Path, heads: list[str] | None,
                       max_runs: int = 4) -> tuple[Section, list[Path]]:
     """Per-class AP of every head (or the named ones) of each run, with error bars over seeds."""
@@ -334,6 +372,10 @@ def build_report(
         section, drawn = prototype_section(sources.run_dirs[0], out_dir, clips, n_clips, top_classes, prototype_head)
         sections.append(section)
         images += drawn
+        section, drawn = events_section(sources.run_dirs[0], out_dir, clips, n_clips)
+        if section is not None:
+            sections.append(section)
+            images += drawn
         section, drawn = per_class_section(sources.run_dirs, out_dir, heads)
         sections.append(section)
         images += drawn

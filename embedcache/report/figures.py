@@ -143,6 +143,54 @@ def prototype_figure(clip_id: str, panels: Sequence[tuple[int, str]], label_name
     return figure
 
 
+# -- sound events ---------------------------------------------------------------------------------------------
+TRUE_COLOUR = "#222222"
+
+
+def event_timeline_figure(clip_id: str, background: Background, duration: float, label_names: Sequence[str],
+                          truth: Sequence[tuple[float, float, str]],
+                          predicted: dict[str, Sequence[tuple[float, float, str, float]]]) -> Figure:
+    """The clip's spectrogram over its event timelines on one time axis (seconds): per class one lane of true events
+    (dark) and one per head of its predicted events (`predicted`: head -> (onset, offset, label, score)), each bar's
+    opacity its score."""
+    heads = list(predicted)
+    lanes = [(label, head) for label in label_names for head in [None, *heads]]
+    colours = {head: colormaps["tab10"](i % 10) for i, head in enumerate(heads)}
+    figure = Figure(figsize=(9.5, 2.4 + 0.22 * len(lanes)), layout="constrained")
+    spectrum, timeline = figure.subplots(2, 1, sharex=True, height_ratios=[2.0, max(1.0, 0.16 * len(lanes))])
+    seconds = background.seconds if background.seconds is not None else duration
+    finite = background.image[np.isfinite(background.image)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    spectrum.imshow(background.image, origin="lower", aspect="auto", cmap="magma", vmin=low,
+                    vmax=max(high, low + 1e-6), extent=(0.0, seconds, 0.0, float(background.image.shape[0])),
+                    interpolation="nearest")
+    spectrum.set_ylabel("mel bin" if background.kind == "spectrogram" else "frequency token", fontsize=8)
+    spectrum.set_title(f"{clip_id}: true events and each head's predictions ({background.note})", fontsize=9,
+                       loc="left")
+    row = {lane: len(lanes) - 1 - i for i, lane in enumerate(lanes)}  # first class on top
+    for onset, offset, label in truth:
+        timeline.broken_barh([(onset, offset - onset)], (row[(label, None)] + 0.15, 0.7), facecolors=TRUE_COLOUR,
+                             label="true")
+    for head, events in predicted.items():
+        for onset, offset, label, score in events:
+            timeline.broken_barh([(onset, offset - onset)], (row[(label, head)] + 0.15, 0.7),
+                                 facecolors=colours[head], alpha=float(np.clip(0.35 + 0.65 * score, 0.35, 1.0)),
+                                 label=head)
+    timeline.set_yticks([row[lane] + 0.5 for lane in lanes],
+                        [f"{short_label(label, 20)} · {'true' if head is None else head}" for label, head in lanes],
+                        fontsize=7)
+    for i in range(1, len(label_names)):
+        timeline.axhline(len(lanes) - i * (len(heads) + 1), color="#bbbbbb", linewidth=0.6)
+    timeline.set_ylim(0, len(lanes))
+    timeline.set_xlim(0.0, duration)
+    timeline.set_xlabel("time (s)", fontsize=8)
+    timeline.tick_params(labelsize=8)
+    handles = [Rectangle((0, 0), 1, 1, color=TRUE_COLOUR, label="true event")]
+    handles += [Rectangle((0, 0), 1, 1, color=colours[head], label=f"{head} (opacity: score)") for head in heads]
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize=8, frameon=False)
+    return figure
+
+
 # -- per-class AP --------------------------------------------------------------------------------------------
 def head_styles(count: int) -> list[tuple[tuple, str]]:
     """(colour, marker) per head: tab10 colours and a marker each, so heads stay apart beyond ten."""

@@ -94,6 +94,10 @@ def _choose_mode(store: TokenStore, source: TokenStore, dst: str, src: str) -> s
         raise StoreError(f"{src}: layout.label_names differ from {dst}'s ({source.label_names[:5]}... vs "
                          f"{store.label_names[:5]}...); extract the new clips with --labels set to the store's "
                          "vocabulary")
+    with_events = [path for path, one in ((dst, store), (src, source)) if one.has_events]
+    if with_events:
+        raise StoreError(f"{with_events[0]}: keeps sound events (strong labels), which appending clips does not merge; "
+                         "extract the clips together into one store")
     missing = sorted(set(store.layers) - set(source.layers))
     if missing:
         raise StoreError(f"{src}: lacks layer(s) {missing} that {dst} holds; extract the new clips with the same "

@@ -18,6 +18,8 @@ import torch
 import zarr
 
 from embedcache.errors import StoreError
+from embedcache.events import Events, TimeSteps, frame_targets, row_events, strong_rows
+from embedcache.store import events as store_events
 from embedcache.store import layout, safety, schema, urls
 from embedcache.store.subset import Subset, select
 from embedcache.store.writer import pending_chunks
@@ -65,6 +67,7 @@ class TokenStore:
         self.path = path
         self._attrs, self.spec = schema.parse_attrs(group.attrs.asdict().get(layout.ATTRS_KEY), path)
         self._expected = schema.expected_arrays(self.spec, self.format_version)
+        self._expected.update(store_events.event_arrays(self._attrs))
         self._present: dict[str, set[str]] = {}
         self._arrays: dict[str, zarr.Array] = {}
         self.subset = Subset.from_value(subset)
@@ -349,6 +352,51 @@ class TokenStore:
     def is_windowed(self) -> bool:
         """True when rows are windows of longer recordings (several rows may share a recording)."""
         return bool((self.provenance.get("clip_policy") or {}).get("window_samples"))
+
+    # -- strong labels --------------------------------------------------------------------------------------------
+    @property
+    def has_events(self) -> bool:
+        """Whether the store keeps sound events (strong labels; extract read an events file)."""
+        return store_events.ATTR in self._attrs
+
+    @cached_property
+    def events(self) -> Events | None:
+        """The recordings' sound events, label codes into the store's own label_names (not a subset's); None when
+        the store keeps no strong labels."""
+        return store_events.read_events(self.read_rows) if self.has_events else None
+
+    @cached_property
+    def view_events(self) -> Events | None:
+        """`events` of the view's classes, label codes into the view's label_names."""
+        if self.events is None or self._columns is None:
+            return self.events
+        return self.events.relabel(self._columns)
+
+    @property
+    def time_steps(self) -> TimeSteps | None:
+        """The samples each token time step covers (the encoder's, recorded at extract), or None when unknown."""
+        values = (self.provenance.get("encoder") or {}).get("time_steps")
+        return TimeSteps.from_dict(values) if values else None
+
+    @cached_property
+    def row_lengths(self) -> np.ndarray:
+        """[N] int64 samples of each row's audio the encoder saw: num_samples less what was cropped."""
+        return self.num_samples - self.lost_samples
+
+    def strong_targets(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(targets [n, n_time, C] uint8, strong [n] bool) of store rows: 1 where an event of the view's class c
+        overlaps the samples time step t covers (events shifted by each row's offset); strong: whether a row's
+        strong labels are known (its recording has events, or no label at all)."""
+        if self.events is None or self.time_steps is None:
+            missing = "keeps no sound events" if self.events is None else "does not record its token time steps"
+            raise StoreError(f"{self.path}: the store {missing}; extract it again with an events file (events.tsv "
+                             "beside the manifest, or --events FILE) and an encoder that defines time_steps")
+        rows = np.asarray(rows, np.int64)
+        recordings = self.recording_ids[rows]
+        strong = strong_rows(self.events, recordings, self.read_rows("labels")[rows])
+        found = row_events(self.view_events, recordings, self.offsets[rows], self.row_lengths[rows])
+        targets = frame_targets(found, self.row_lengths[rows], self.time_steps, self.grid[0], len(self.label_names))
+        return targets, strong
 
     def row_of(self, clip_id: str) -> int:
         """The row of a clip id in the view; a StoreError naming the id when it is not there."""

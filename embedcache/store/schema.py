@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedcache.errors import StoreError
+from embedcache.store import events as store_events
 from embedcache.store import layout
 from embedcache.store.layout import StoreSpec
 
@@ -33,6 +34,7 @@ MAX_FINGERPRINT_CHARS = 1024
 MAX_CHUNK_BYTES = 1 << 31  # one chunk of one layer's tokens [chunk_clips, T, D], decoded at once
 MAX_SAMPLE_RATE = 10_000_000
 MAX_SAMPLES = 1 << 62
+MAX_EVENTS = 1 << 32
 MAX_DEPTH = 32  # nesting of the whole attribute document (real stores: 5)
 COMPRESSIONS = ("zstd", "none")
 STATUSES = (layout.STATUS_WRITING, layout.STATUS_COMPLETE)
@@ -178,6 +180,10 @@ ENCODER = _optional("mapping", fields={
     "random_init": _optional("bool"),
     "sample_rate": _optional("int", low=1, high=MAX_SAMPLE_RATE),
     "num_layers": _optional("int", low=1, high=MAX_LAYER + 1),
+    # Samples each token time step covers (embedcache.events.TimeSteps): what strong labels are mapped with.
+    "time_steps": _optional("mapping", closed=True, fields={
+        "start": Field("int", -MAX_SAMPLES, MAX_SAMPLES), "span": Field("int", 1, MAX_SAMPLES),
+        "stride": Field("int", 1, MAX_SAMPLES)}),
 })
 CLIP_POLICY = _optional("mapping", fields={
     "num_samples": _optional("int", low=0, high=MAX_SAMPLES),
@@ -207,6 +213,9 @@ ATTRS = Field("mapping", fields={
     "skipped": Field("records", required=False, items=Field("mapping", fields={
         "clip_id": Field("str"), "reason": Field("str")})),
     "growing": _optional("mapping", fields={"mode": Field("choice", choices=GROW_MODES), "base_layout": LAYOUT}),
+    # Strong labels beside the tokens (store/events.py): how many events, in which time unit.
+    "events": _optional("mapping", closed=True, fields={
+        "count": Field("int", 0, MAX_EVENTS), "unit": Field("choice", choices=(store_events.UNIT,))}),
 })
 
 

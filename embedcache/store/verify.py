@@ -22,6 +22,7 @@ import numpy as np
 import zarr
 
 from embedcache.errors import StoreError
+from embedcache.store import events as store_events
 from embedcache.store import layout, safety, schema, urls
 from embedcache.store.reader import chunk_keys, describe_read_error
 from embedcache.store.schema import expected_arrays
@@ -103,6 +104,7 @@ def _verify(report: VerifyReport, check_values: bool) -> None:
     if "chunk_done" in arrays:
         _check_markers(report, group, attrs, spec)
     _check_per_clip(report, group, arrays, spec)
+    _check_events(report, group, attrs, spec)
     _check_provenance(report, attrs, spec)
 
 
@@ -302,6 +304,36 @@ def _check_per_clip(report: VerifyReport, group: zarr.Group, arrays: dict, spec:
                     repeated.append(name)
                 seen.add(name)
             report.add("clip_ids", f"{len(repeated)} duplicated clip id(s), e.g. {repeated[:3]}")
+
+
+def _check_events(report: VerifyReport, group: zarr.Group, attrs: dict, spec: StoreSpec) -> None:
+    """The sound events the attributes announce: each array's shape, dtype and checksum codec, then its values."""
+    values = {}
+    for path, expected in store_events.event_arrays(attrs).items():
+        try:
+            array = group[path]
+        except KeyError:
+            report.add(path, "array missing (the attributes announce events)")
+            continue
+        if not isinstance(array, zarr.Array):
+            report.add(path, "is a group, expected an array")
+            continue
+        problem = schema.array_problem(array.shape, array.dtype, expected)
+        codecs = [codec.get("name") for codec in array.metadata.to_dict().get("codecs", [])]
+        if problem or not codecs or codecs[-1] != "crc32c":
+            report.add(path, problem.removeprefix("has ") if problem else f"codecs {codecs} end without crc32c")
+            continue
+        report.arrays_checked += 1
+        try:
+            values[path] = array[:]
+        except Exception as error:  # codec, checksum and I/O errors alike
+            report.add(path, describe_read_error(error))
+    if len(values) < len(store_events.ARRAYS) or "recording_ids" not in group:
+        return
+    events = store_events.read_events(values.__getitem__)
+    recordings = {str(name) for name in group["recording_ids"][:].tolist()}
+    for path, what in store_events.event_problems(events, len(spec.label_names), recordings):
+        report.add(path, what)
 
 
 def _check_provenance(report: VerifyReport, attrs: dict, spec: StoreSpec) -> None:

@@ -16,6 +16,8 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from embedcache.errors import StoreError
+from embedcache.events import Events
+from embedcache.store import events as store_events
 from embedcache.store import layout, schema, urls
 from embedcache.store.layout import StoreSpec
 
@@ -56,15 +58,17 @@ def create_store(
     fingerprint: str,
     skipped: Sequence[dict] = (),
     rows: RowInfo | None = None,
+    events: Events | None = None,
 ) -> zarr.Group:
     """Create an empty store (status "writing") with every per-clip array except the tokens filled in.
 
-    `rows` gives each row's recording, offset and cropped samples (default: every row its own whole recording).
+    `rows` gives each row's recording, offset and cropped samples (default: every row its own whole recording);
+    `events` the recordings' sound events (strong labels), kept when given.
     """
     rows = rows or RowInfo.whole(clip_ids)
     try:
         return _create_store(path, spec, clip_ids, labels, split_codes, num_samples, provenance, fingerprint, skipped,
-                             rows)
+                             rows, events)
     except OSError as error:
         if error.errno == errno.ENOSPC:
             raise disk_full_error(str(path), error) from error
@@ -90,7 +94,8 @@ def create_layer_arrays(group: zarr.Group, spec: StoreSpec, layer: int) -> None:
         )
 
 
-def _create_store(path, spec, clip_ids, labels, split_codes, num_samples, provenance, fingerprint, skipped, rows):
+def _create_store(path, spec, clip_ids, labels, split_codes, num_samples, provenance, fingerprint, skipped, rows,
+                  events=None):
     group = urls.open_group(path, mode="w-")
     n = spec.n_clips
     codecs = _codecs(spec.compression)
@@ -108,6 +113,7 @@ def _create_store(path, spec, clip_ids, labels, split_codes, num_samples, proven
     group.create_array("splits", shape=(n,), dtype="uint8", **small)[:] = split_codes
     group.create_array("clip_ids", shape=(n,), dtype=str, **small)[:] = np.asarray(clip_ids, dtype=str)
     write_row_arrays(group, rows, small)
+    announced = {} if events is None else {store_events.ATTR: store_events.write_events(group, events, small)}
     # Markers start absent (read as 0); each is written once its chunk's data is stored.
     group.create_array(
         "chunk_done", shape=(spec.n_chunks,), dtype="uint8", chunks=(1,), fill_value=0, compressors=codecs
@@ -120,6 +126,7 @@ def _create_store(path, spec, clip_ids, labels, split_codes, num_samples, proven
         "provenance": provenance,
         "fingerprint": fingerprint,
         "skipped": list(skipped),
+        **announced,
     }
     return group
 
@@ -160,7 +167,7 @@ def store_attrs(group: zarr.Group) -> dict:
 CREATED_NODES = frozenset({
     "tokens", "prefix", "scales", "prefix_scales", "valid_tokens", "num_samples", "labels", "splits", "clip_ids",
     "chunk_done",
-    *layout.ROW_ARRAYS,
+    *layout.ROW_ARRAYS, "events",
 })
 
 
