@@ -15,7 +15,7 @@ import soundfile
 import torch
 import zarr
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from embedcache.datasets import find_bad_rows
@@ -102,12 +102,14 @@ def test_finite_but_absurd_samples_are_a_bad_row(tmp_path):
         in result.output
 
 
-FUZZ = settings(max_examples=150, derandomize=True, deadline=None,
+FUZZ = settings(max_examples=150, derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @FUZZ
 @given(rows=st.lists(st.lists(st.text(max_size=12), min_size=0, max_size=7), max_size=6))
+@example(rows=[["0", "\x00", "", "0"]])  # a NUL byte in a path once raised from os.path.realpath (CI, stop 15)
+@example(rows=[["a", "x\ny.wav", "", "train"]])
 def test_any_csv_gives_rows_or_reasons_and_never_a_path_outside_the_folder(tmp_path, rows):
     folder = tmp_path / "fuzz"
     folder.mkdir(exist_ok=True)

@@ -238,6 +238,8 @@ def _resolve_inside(text: str, root: Path, follow_symlinks: bool = False) -> tup
     after following symlinks (unless `follow_symlinks`: a data folder linked in from elsewhere)."""
     if not text:
         return None, "empty path"
+    if any(ord(char) < 32 or ord(char) == 127 for char in text):
+        return None, f"{text!r}: control character in the path; no file system accepts it, fix the manifest"
     if Path(text).is_absolute() or PurePosixPath(text).is_absolute() or (len(text) > 1 and text[1] == ":"):
         return None, f"{text}: absolute path; paths must be relative to the manifest's folder"
     normal = os.path.normpath(text)
