@@ -131,9 +131,12 @@ def write_synthetic_store(
     )
     valid = np.full(spec.n_clips, spec.num_tokens, np.int32)
 
-    def store_chunk(chunk: int, tokens: np.ndarray, prefix: np.ndarray | None) -> None:
+    def store_chunk(chunk: int, tokens: tuple, prefix: tuple | None) -> None:
+        # tokens, prefix: (values as stored, int8 scales or None), as layout.encode gives them
         start, stop = store_spec.chunk_range(chunk)
-        write_chunk(group, store_spec, chunk, {0: tokens}, {0: prefix} if spec.num_prefix else {}, valid[start:stop])
+        write_chunk(group, store_spec, chunk, {0: tokens[0]}, {0: prefix[0]} if spec.num_prefix else {},
+                    valid[start:stop], scales={0: tokens[1]},
+                    prefix_scales={0: prefix[1]} if spec.num_prefix else {})
 
     # Generation stays on this thread (one device stream); chunk writes (codecs, file I/O) overlap it.
     with ThreadPoolExecutor(max_workers=max(1, write_threads)) as pool:
@@ -143,8 +146,8 @@ def write_synthetic_store(
             tokens = synthetic_chunk(spec, directions, labels, onsets, start, stop, device)
             prefix = synthetic_prefix(spec, directions, labels, start, stop, device) if spec.num_prefix else None
             pending.append(pool.submit(
-                store_chunk, chunk, layout.to_stored(tokens, dtype),
-                None if prefix is None else layout.to_stored(prefix, dtype),
+                store_chunk, chunk, layout.encode(tokens, dtype),
+                None if prefix is None else layout.encode(prefix, dtype),
             ))
             if len(pending) > 2 * max(1, write_threads):
                 pending.pop(0).result()

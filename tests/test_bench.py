@@ -171,3 +171,38 @@ def test_plan_benchmark_times_both_plans_and_checks_they_agree(tmp_path):
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(out.read_text())["results"]
     assert row["clips"] == 20000 and row["same_windows"] is True and row["scan_plan_s"] > 0
+
+
+# -- int8 (issue 14) ----------------------------------------------------------------------------------------------
+def test_synthetic_int8_store_holds_the_generator_tokens_quantised(tmp_path):
+    spec = SyntheticSpec(n_clips=20, grid=(4, 2), embed_dim=8, num_prefix=1, n_classes=3)
+    store = write_synthetic_store(tmp_path / "s8.zarr", spec, dtype="int8", chunk_clips=6)
+    labels, onsets, _ = label_plan(spec)
+    codes, scales = layout.quantize(synthetic_chunk(spec, class_directions(spec), labels, onsets, 6, 12))
+    stored_codes, stored_scales = store.read_stored(None, 6, 12)
+    assert torch.equal(stored_codes, codes) and torch.equal(stored_scales, scales)
+    assert store.read_stored(None, 0, 20, prefix=True)[1].shape == (20, 1)
+
+
+def test_int8_gemm_benchmark_checks_exactness_and_compares_the_same_shape():
+    from bench import bench_int8_gemm
+
+    row = bench_int8_gemm.measure_shape("tiny", 4, 10, 32, 8, repeats=1)
+    assert row["int_mm_exact"] is True and row["forward_max_abs_difference"] < 1e-5
+    assert row["gemm"]["ratio_float32_vs_int8"] > 0 and row["forward"]["ratio_float_vs_int8"] > 0
+
+
+def test_int8_benchmark_compares_what_the_protocol_would_choose():
+    from bench import bench_int8
+
+    def runs(valid, test):  # {head: {lr: metrics}} of a quality() run over lrs 0.1 and 0.2
+        return {"lrs": [0.1, 0.2], "heads": {"h": {lr: {"valid_map": v, "test_map": t} for lr, v, t in
+                                                   zip([0.1, 0.2], valid, test)}}}
+
+    same = bench_int8.compare(runs([0.5, 0.5], [0.60, 0.70]), runs([0.5, 0.4], [0.601, 0.65]))
+    row = same["heads"]["h"]
+    assert row["reference_lr"] == 0.1 and row["lr"] == 0.1  # the first of equals wins, as in probe.py
+    assert row["diff_points"] == 0.1 and same["within_bar"] and row["diff_points_per_lr"] == {"0.1": 0.1, "0.2": -5.0}
+    flipped = bench_int8.compare(runs([0.5, 0.6], [0.60, 0.70]), runs([0.5, 0.4], [0.60, 0.70]))
+    assert not flipped["heads"]["h"]["same_lr"] and flipped["max_abs_diff_points"] == 10.0
+    assert not flipped["within_bar"] and flipped["max_abs_diff_points_same_lr"] == 0.0
