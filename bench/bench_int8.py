@@ -271,6 +271,7 @@ def main() -> None:
                         help="encoders whose cases also probe a float32 store, to compare float16 with float32 too")
     parser.add_argument("--probe-threads", type=int, help="torch threads for the probes only (timings keep --threads)")
     parser.add_argument("--workdir", type=Path, help="keep stores and runs here (default: a temporary folder)")
+    parser.add_argument("--sets", default="sample,localized", help="which data sets to run (sample, localized)")
     parser.add_argument("--quick", action="store_true", help="toy sizes: 40 clips of 2 s, small encoders, 1 seed")
     args = parse_args(parser)
     args.lrs = [float(value) for value in args.lrs.split(",")]
@@ -279,9 +280,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.workdir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        sets = [("sample", build_sample_set(root / "sample", n_clips=40 if args.quick else 120), ["melpatch"]),
-                ("localized", build_sample_set(root / "localized", n_clips=args.clips, clip_seconds=args.seconds,
-                                               seed=1), args.encoders.split(","))]
+        builders = {"sample": lambda: build_sample_set(root / "sample", n_clips=40 if args.quick else 120),
+                    "localized": lambda: build_sample_set(root / "localized", n_clips=args.clips,
+                                                          clip_seconds=args.seconds, seed=1)}
+        unknown = set(args.sets.split(",")) - set(builders)
+        if unknown:
+            parser.error(f"--sets: unknown set(s) {', '.join(sorted(unknown))}; choose from sample, localized")
+        sets = [(name, builders[name](), ["melpatch"] if name == "sample" else args.encoders.split(","))
+                for name in args.sets.split(",")]
         cases = [run_case(root, name, manifest, encoder, args) for name, manifest, encoders in sets
                  for encoder in encoders]
     summary = {"benchmark": "int8_vs_float16_stores", "machine": machine(), "bar_points": BAR_POINTS,
