@@ -1,10 +1,8 @@
 """The extract stage end to end: values, resume after kill -9, provenance refusal, shards, bad input, disk."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
+from helpers import kill_after_chunks
 
 from embedcache import audio
 from embedcache.encoders.melpatch import MelPatch
@@ -67,17 +66,7 @@ def test_resume_after_kill_9_gives_identical_store(tiny_manifest, tmp_path):
                "--manifest", str(tiny_manifest), "--out", str(killed), "--workers", "0", "--chunk-clips", "2",
                "--batch-size", "2", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    done = 0
-    while time.monotonic() < deadline and done < 2:
-        time.sleep(0.05)
-        try:
-            done = int(zarr.open_group(str(killed), mode="r")["chunk_done"][:].sum())
-        except Exception:
-            done = 0
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    done = kill_after_chunks(command, killed, 2, env=env)
     assert 2 <= done < 6, "the process should have been killed part-way"
     with pytest.raises(StoreError, match="still being written"):
         TokenStore.open(killed)

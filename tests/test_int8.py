@@ -5,10 +5,7 @@ command (HDF5, append, verify) on int8 stores."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
@@ -16,6 +13,7 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
+from helpers import event_tokens, kill_after_chunks
 
 from embedcache.errors import ConfigError, StoreError
 from embedcache.extract import ExtractConfig, extract
@@ -163,25 +161,8 @@ def test_protobin_int8_gemm_equals_the_float_path():
 
 
 # -- same choice, close scores ------------------------------------------------------------------------------
-def make_event_tokens(n=120, grid=(8, 4), dim=16, classes=4, seed=0):
-    """tests/test_train.py's localized events: each positive class replaces 2 random tokens by its signature."""
-    rng = np.random.default_rng(seed)
-    num_tokens = grid[0] * grid[1]
-    signatures = rng.standard_normal((classes, dim)).astype(np.float32)
-    signatures /= np.linalg.norm(signatures, axis=1, keepdims=True)
-    labels = (rng.random((n, classes)) < 0.3).astype(np.uint8)
-    labels[np.arange(n), np.arange(n) % classes] = 1
-    scenes = rng.standard_normal((n, 1, dim)).astype(np.float32) * (2.0 / np.sqrt(dim))
-    tokens = scenes + 0.3 * rng.standard_normal((n, num_tokens, dim)).astype(np.float32)
-    for i, c in zip(*np.nonzero(labels)):
-        where = rng.choice(num_tokens, size=2, replace=False)
-        tokens[i, where] = 3.0 * signatures[c] + 0.3 * rng.standard_normal((2, dim))
-    return tokens, labels
-
-
-@pytest.mark.usefixtures("one_thread")
 def test_int8_and_float16_choose_the_same_head_with_close_scores_on_planted_events(tmp_path, monkeypatch):
-    tokens, labels = make_event_tokens()
+    tokens, labels = event_tokens()
     splits = ["train"] * 60 + ["valid"] * 30 + ["test"] * 30
     grid = [HeadSpec(kind, lr=lr, weight_decay=1e-4, seed=0, options=options)
             for kind, options in (("linear", {"pooling": "mean"}), ("attentive", {"num_heads": 2}),
@@ -257,16 +238,7 @@ def test_convert_resumes_after_kill_9_and_verifies(tmp_path):
               "c.write_chunk = lambda *a, **k: (time.sleep(0.1), write(*a, **k))\n"
               "from embedcache_cli.main import main; sys.exit(main())")
     command = [sys.executable, "-c", script, "convert", source.path, str(killed), "--dtype", "int8", "--no-progress"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline, done = time.monotonic() + 60, 0
-    while time.monotonic() < deadline and done < 3:
-        time.sleep(0.05)
-        try:
-            done = int(zarr.open_group(str(killed), mode="r")["chunk_done"][:].sum())
-        except Exception:
-            done = 0
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    done = kill_after_chunks(command, killed, 3)
     assert 3 <= done < 30, "the conversion should have been killed part-way"
     with pytest.raises(StoreError, match="still being written"):
         TokenStore.open(killed)

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import event_tokens
 
 from embedcache.errors import ConfigError, StoreError
 from embedcache.loader import IN_MEMORY, STREAMING, SplitData, open_splits, shuffle_windows
@@ -237,22 +238,8 @@ def test_prefix_store_and_multiclass_cross_entropy(tmp_path):
 
 # -- learning on localized events ----------------------------------------------------------------------------
 def make_event_store(path, n=120, grid=(8, 4), dim=16, classes=4, seed=0):
-    """Per clip a random background scene; each positive class replaces 2 random tokens by its signature.
-
-    Mean pooling dilutes the 2 event tokens among 32 and mixes them with the scene; max-similarity and attention
-    can find them.
-    """
-    rng = np.random.default_rng(seed)
-    num_tokens = grid[0] * grid[1]
-    signatures = rng.standard_normal((classes, dim)).astype(np.float32)
-    signatures /= np.linalg.norm(signatures, axis=1, keepdims=True)
-    labels = (rng.random((n, classes)) < 0.3).astype(np.uint8)
-    labels[np.arange(n), np.arange(n) % classes] = 1
-    scenes = rng.standard_normal((n, 1, dim)).astype(np.float32) * (2.0 / np.sqrt(dim))
-    tokens = scenes + 0.3 * rng.standard_normal((n, num_tokens, dim)).astype(np.float32)
-    for i, c in zip(*np.nonzero(labels)):
-        where = rng.choice(num_tokens, size=2, replace=False)
-        tokens[i, where] = 3.0 * signatures[c] + 0.3 * rng.standard_normal((2, dim))
+    """helpers.event_tokens in a store: half train, a quarter valid, a quarter test."""
+    tokens, labels = event_tokens(n, grid, dim, classes, seed)
     splits = ["train"] * (n // 2) + ["valid"] * (n // 4) + ["test"] * (n - n // 2 - n // 4)
     return write_store(path, {0: tokens}, labels, [f"event{c}" for c in range(classes)],
                        [f"clip{i:03d}" for i in range(n)], splits, grid, chunk_clips=20)
