@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
-from embedcache.errors import EmbedcacheError
+from embedcache.errors import EmbedcacheError, EmbedcacheWarning
+
+_PYTHON_SHOW_WARNING = warnings.showwarning
 
 
 class FriendlyGroup(click.Group):
@@ -26,6 +29,15 @@ class FriendlyGroup(click.Group):
 @click.version_option(package_name="embedcache")
 def main() -> None:
     """Extract frozen audio-encoder patch tokens once into a Zarr store, then train many probes on them."""
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """embedcache's own warnings as one yellow `warning:` line on stderr; others as Python prints them."""
+    if issubclass(category, EmbedcacheWarning):
+        click.secho(f"warning: {message}", fg="yellow", err=True)
+    else:
+        _PYTHON_SHOW_WARNING(message, category, filename, lineno, file, line)
 
 
 def _register_commands() -> None:

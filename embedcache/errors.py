@@ -19,3 +19,7 @@ class BadInputError(EmbedcacheError):
     def __init__(self, message: str, problems: list[tuple[str, str]] | None = None):
         super().__init__(message)
         self.problems = problems or []
+
+
+class EmbedcacheWarning(UserWarning):
+    """Something the user should know that does not stop the run; the CLI prints it as one `warning:` line."""

@@ -97,17 +97,19 @@ def test_logreg_chooses_c_on_validation_and_equals_scikit_learn(splits):
     scaler = StandardScaler().fit(pooled_mean(train).astype(np.float64))
     x_train, x_valid, x_test = (scaler.transform(pooled_mean(d).astype(np.float64)) for d in (train, valid, test))
 
-    def fit(c: float) -> list[LogisticRegression]:
-        return [LogisticRegression(C=c, max_iter=1000).fit(x_train, train.labels[:, j]) for j in range(3)]
-
+    # scikit-learn's warm-started path: each class's model refitted at each C, from the smallest up.
+    models = [LogisticRegression(max_iter=1000, warm_start=True) for _ in range(3)]
     grid = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0]
-    valid_map = []
+    valid_map, test_probs = [], []
     for c in grid:
-        probs = np.stack([model.predict_proba(x_valid)[:, 1] for model in fit(c)], axis=1)
+        for j, model in enumerate(models):
+            model.set_params(C=c).fit(x_train, train.labels[:, j])
+        probs = np.stack([model.predict_proba(x_valid)[:, 1] for model in models], axis=1)
         valid_map.append(np.mean([average_precision_score(valid.labels[:, j], probs[:, j]) for j in range(3)]))
-    chosen = grid[int(np.argmax(valid_map))]
-    assert float(head.C_) == pytest.approx(chosen)
-    expected = np.stack([model.predict_proba(x_test)[:, 1] for model in fit(chosen)], axis=1)
+        test_probs.append(np.stack([model.predict_proba(x_test)[:, 1] for model in models], axis=1))
+    chosen = int(np.argmax(valid_map))
+    assert float(head.C_) == pytest.approx(grid[chosen])
+    expected = test_probs[chosen]
     np.testing.assert_allclose(bank.predict(test)[0], expected, rtol=0, atol=1e-6)
     assert bank.valid_metrics_[0]["map"] == pytest.approx(max(valid_map), abs=1e-6)
     assert head.num_parameters() == 8 * 3 + 3
@@ -183,3 +185,28 @@ def test_probe_runs_the_new_heads_end_to_end_and_predict_reproduces_them(tmp_pat
                                  "--out", str(tmp_path / "again.csv")])
     assert again.exit_code == 0, again.output
     assert (tmp_path / "again.csv").read_text() == (tmp_path / "run" / "predictions.csv").read_text()
+
+
+def test_logreg_that_stops_at_max_iter_says_so_in_one_warning_line(tmp_path):
+    make_store(tmp_path / "s.zarr", dim=16)
+    result = CliRunner().invoke(
+        main, ["probe", str(tmp_path / "s.zarr"), "--head", "logreg", "--head-option", "logreg.max_iter=1",
+               "--epochs", "1", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output + result.stderr
+    lines = [line for line in result.stderr.splitlines() if "logreg" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: logreg head: lbfgs stopped at max_iter=1 before "
+                                                   "converging in "), result.stderr
+    assert "logreg.max_iter=N" in lines[0] and "ConvergenceWarning" not in result.stderr
+
+
+def test_logreg_path_starts_each_c_from_the_previous_solution(splits):
+    from embedcache.heads.logreg import LogisticPath
+
+    train = splits[0]
+    features = StandardScaler().fit_transform(pooled_mean(train).astype(np.float64))
+    path = LogisticPath(train.labels, True, max_iter=1000)
+    path.fit(features, 1.0)
+    first = [int(model.n_iter_[0]) for model in path.models]
+    path.fit(features, 1.0)  # the same C again: it starts at the optimum and stops at once
+    assert all(int(model.n_iter_[0]) < start for model, start in zip(path.models, first))
+    assert path.unconverged == []

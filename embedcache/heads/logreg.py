@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from embedcache.errors import ConfigError
+from embedcache.errors import ConfigError, EmbedcacheWarning
 from embedcache.heads.base import ProbeHead, TokenBatch
 from embedcache.heads.pooled import LabelledSplit, pool, pooled_width, resolve_pooling
 
@@ -24,36 +24,59 @@ def c_grid(c_min: float, c_max: float, c_steps: int) -> list[float]:
     return [float(c) for c in np.logspace(math.log10(c_min), math.log10(c_max), c_steps)]
 
 
-def fit_logistic(features: np.ndarray, labels: np.ndarray, multilabel: bool, c: float,
-                 max_iter: int) -> tuple[np.ndarray, np.ndarray]:
-    """(coef [C, D], intercept [C]) of LogisticRegression(C=c, lbfgs) on standardised features [N, D]: one binary
-    model per class (multi-label), or one multinomial model over the classes present (multi-class)."""
-    from sklearn.linear_model import LogisticRegression
+class LogisticPath:
+    """Logistic regressions fitted along a path of increasing C, each fit starting from the previous C's solution
+    (scikit-learn's warm_start, as its regularisation paths do): one binary model per class on multi-label data, or
+    one multinomial model over the classes present on multi-class data. Large C on nearly separable data needs many
+    lbfgs iterations from zero; from the smaller C's solution it needs few, and the fits that still stop at
+    max_iter are counted in `unconverged` (C values), not printed by scikit-learn one by one."""
 
-    num_classes = labels.shape[1]
-    coef = np.zeros((num_classes, features.shape[1]))
-    intercept = np.full(num_classes, -CERTAIN)
-    if multilabel:
-        for c_index in range(num_classes):
-            target = labels[:, c_index]
-            if target.min() == target.max():
-                intercept[c_index] = CERTAIN if target[0] else -CERTAIN
-                continue
-            model = LogisticRegression(C=c, max_iter=max_iter).fit(features, target)
-            coef[c_index], intercept[c_index] = model.coef_[0], model.intercept_[0]
+    def __init__(self, labels: np.ndarray, multilabel: bool, max_iter: int):
+        from sklearn.linear_model import LogisticRegression
+
+        self.labels, self.multilabel, self.max_iter = labels, multilabel, max_iter
+        count = labels.shape[1] if multilabel else 1
+        self.models = [LogisticRegression(max_iter=max_iter, warm_start=True) for _ in range(count)]
+        self.unconverged: list[float] = []
+
+    def fit(self, features: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+        """(coef [C, D], intercept [C]) at this C, starting from the previous call's solution."""
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        labels, num_classes = self.labels, self.labels.shape[1]
+        coef = np.zeros((num_classes, features.shape[1]))
+        intercept = np.full(num_classes, -CERTAIN)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            if self.multilabel:
+                for c_index in range(num_classes):
+                    target = labels[:, c_index]
+                    if target.min() == target.max():
+                        intercept[c_index] = CERTAIN if target[0] else -CERTAIN
+                        continue
+                    model = self._fit(self.models[c_index], features, target, c)
+                    coef[c_index], intercept[c_index] = model.coef_[0], model.intercept_[0]
+                return coef, intercept
+            target = labels.argmax(axis=1)
+            present = np.unique(target)
+            if len(present) == 1:
+                intercept[present[0]] = CERTAIN
+                return coef, intercept
+            model = self._fit(self.models[0], features, target, c)
+        if len(present) == 2:  # one coefficient row: P(second) = sigmoid(z) = softmax([0, z])[1]
+            coef[present[0]], intercept[present[0]] = 0.0, 0.0
+            coef[present[1]], intercept[present[1]] = model.coef_[0], model.intercept_[0]
+        else:
+            coef[model.classes_], intercept[model.classes_] = model.coef_, model.intercept_
         return coef, intercept
-    target = labels.argmax(axis=1)
-    present = np.unique(target)
-    if len(present) == 1:
-        intercept[present[0]] = CERTAIN
-        return coef, intercept
-    model = LogisticRegression(C=c, max_iter=max_iter).fit(features, target)
-    if len(present) == 2:  # one coefficient row: P(second) = sigmoid(z) = softmax([0, z])[1]
-        coef[present[0]], intercept[present[0]] = 0.0, 0.0
-        coef[present[1]], intercept[present[1]] = model.coef_[0], model.intercept_[0]
-    else:
-        coef[model.classes_], intercept[model.classes_] = model.coef_, model.intercept_
-    return coef, intercept
+
+    def _fit(self, model, features: np.ndarray, target: np.ndarray, c: float):
+        model.set_params(C=c).fit(features, target)
+        if int(np.max(model.n_iter_)) >= self.max_iter:
+            self.unconverged.append(c)
+        return model
 
 
 def logistic_scores(features: np.ndarray, coef: np.ndarray, intercept: np.ndarray, multilabel: bool) -> np.ndarray:
@@ -74,8 +97,9 @@ class LogRegHead(ProbeHead):
     `fit_data` standardises the training clips' pooled vectors (scikit-learn's StandardScaler: mean and population
     std, 1 for a constant feature) and fits LogisticRegression(C, lbfgs): one binary model per class on multi-label
     data (one-vs-rest), one multinomial model on multi-class data. C is the best of `c_steps` log-spaced values in
-    [c_min, c_max] (default 1e-3 .. 1e3, 7 values) by the validation split's selection metric (mAP, or accuracy;
-    the first best wins ties), or fixed by `C`; with no validation split, C = 1 (scikit-learn's default). The bank
+    [c_min, c_max] (default 1e-3 .. 1e3, 7 values), fitted from the smallest up, each fit starting from the previous
+    one's solution (`LogisticPath`), by the validation split's selection metric (mAP, or accuracy; the first best
+    wins ties), or fixed by `C`; with no validation split, C = 1 (scikit-learn's default). The bank
     takes no gradient step for it, so lr and weight decay are ignored (a probe grid gives it one configuration).
     A class the training split always or never has gets a constant score of 1 or 0. Fitted state in buffers
     (float64): mean_, scale_ [D], coef_ [C, D], intercept_ [C], C_ (the chosen C). Pooling as `linear`.
@@ -136,9 +160,10 @@ class LogRegHead(ProbeHead):
         scaler = StandardScaler().fit(train.pooled(self.pooling).astype(np.float64))
         features = scaler.transform(train.pooled(self.pooling).astype(np.float64))
         grid = self.candidates(valid is not None)
+        path = LogisticPath(train.labels, train.multilabel, self.max_iter)
         best, best_score = None, -math.inf
         for c in grid:
-            coef, intercept = fit_logistic(features, train.labels, train.multilabel, c, self.max_iter)
+            coef, intercept = path.fit(features, c)
             if len(grid) == 1:
                 best = (c, coef, intercept)
                 break
@@ -152,6 +177,7 @@ class LogRegHead(ProbeHead):
             if best is None or score > best_score:  # the first best wins ties
                 best, best_score = (c, coef, intercept), score
         c, coef, intercept = best
+        _warn_unconverged(path.unconverged, c, self.max_iter)
         device = self.coef_.device
         for name, value in (("mean_", scaler.mean_), ("scale_", scaler.scale_), ("coef_", coef),
                             ("intercept_", intercept), ("C_", np.float64(c))):
@@ -169,3 +195,16 @@ class LogRegHead(ProbeHead):
     def num_parameters(self) -> int:
         """The fitted coefficients and intercepts (D C + C); the standardisation statistics are not counted."""
         return self.coef_.numel() + self.intercept_.numel()
+
+
+def _warn_unconverged(unconverged: list[float], chosen: float, max_iter: int) -> None:
+    """One warning for every fit that stopped at max_iter, saying whether the chosen C is among them."""
+    if not unconverged:
+        return
+    import warnings
+
+    values = ", ".join(f"{c:g}" for c in sorted(set(unconverged)))
+    which = f"the chosen C = {chosen:g} among them" if chosen in unconverged else f"the chosen C = {chosen:g} converged"
+    warnings.warn(f"logreg head: lbfgs stopped at max_iter={max_iter} before converging in {len(unconverged)} "
+                  f"fit(s) (C = {values}; {which}); raise it with --head-option logreg.max_iter=N, or narrow the grid "
+                  "with logreg.c_max", EmbedcacheWarning, stacklevel=2)
