@@ -202,6 +202,39 @@ def test_extract_keeps_the_events_beside_the_tokens(tone_run):
     assert (targets.max(axis=1) == store.labels).all()  # every weak label has its steps, and only those
 
 
+def test_convert_and_hdf5_export_import_keep_the_events(tone_run, tmp_path):
+    source = TokenStore.open(tone_run["store"])
+    converted = tmp_path / "int8.zarr"
+    assert cli_ok(["convert", str(tone_run["store"]), str(converted), "--dtype", "int8", "--no-progress"])
+    assert cli_ok(["export", str(tone_run["store"]), str(tmp_path / "s.h5")])
+    assert cli_ok(["import", str(tmp_path / "s.h5"), str(tmp_path / "back.zarr")])
+    for path in (converted, tmp_path / "back.zarr"):
+        store = TokenStore.open(path)
+        assert store.has_events and store.time_steps == source.time_steps and verify_store(path).ok
+        for name in ("recording_ids", "onsets", "offsets", "labels"):
+            assert np.array_equal(getattr(store.events, name), getattr(source.events, name)), (path, name)
+        assert np.array_equal(store.strong_targets(store.selected)[0], source.strong_targets(source.selected)[0])
+    report = run_probe(converted, ["frame_linear"], tmp_path / "run", config=SED_CONFIG, log=lambda _: None)
+    assert (report.run_dir / "sed.csv").exists() and (report.run_dir / "event_predictions.csv").exists()
+
+
+def test_an_export_whose_events_were_edited_is_refused_in_one_line(tone_run, tmp_path):
+    import h5py
+
+    assert cli_ok(["export", str(tone_run["store"]), str(tmp_path / "s.h5")])
+    with h5py.File(tmp_path / "s.h5", "r+") as handle:
+        handle["events/labels"][0] = 99
+    result = CliRunner().invoke(cli, ["import", str(tmp_path / "s.h5"), str(tmp_path / "back.zarr")])
+    assert result.exit_code == 1 and "/events/labels: codes outside 0..2" in result.output, result.output
+    assert not (tmp_path / "back.zarr").exists()
+
+
+def cli_ok(args: list[str]) -> bool:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return True
+
+
 def test_a_frame_head_finds_the_events_and_weak_protobin_maps_localise_them_above_chance(tone_run):
     report = tone_run["report"]
     run_dir = report.run_dir

@@ -109,7 +109,7 @@ def convert_store(
         rows = RowInfo(store.recording_ids.tolist(), store.offsets, store.lost_samples)
         group = create_store(
             out, spec, store.clip_ids.tolist(), store.read_rows("labels"), store.split_codes, store.num_samples,
-            _provenance(store, dtype, source_url, fields), fingerprint, store.skipped, rows,
+            _provenance(store, dtype, source_url, fields), fingerprint, store.skipped, rows, events=store.events,
         )
     pending = pending_chunks(group)
     for done, chunk in enumerate(pending.tolist(), start=1):

@@ -7,6 +7,8 @@ File layout (mirrors the Zarr store; readable with h5py alone):
     /scales/layer_<i> [N, T], /prefix_scales/layer_<i> [N, P] float16: int8 tokens' per-token scales (int8 only)
     /valid_tokens [N] int32, /num_samples [N] int64, /labels [N, C] uint8, /splits [N] uint8, /clip_ids [N] UTF-8
     /recording_ids [N] UTF-8, /offsets [N] int64, /lost_samples [N] int64 (format 2)
+    /events/recording_ids [E] UTF-8, /events/onsets, /events/offsets [E] int64, /events/labels [E] int32: sound
+    events (strong labels), when the store keeps them (store/events.py)
     root attributes: embedcache = JSON of the store's attributes (format_version, status, layout, provenance,
     fingerprint, skipped); grid, label_names, split_names, dtype repeated as plain attributes for convenience.
 
@@ -27,6 +29,8 @@ import h5py
 import numpy as np
 
 from embedcache.errors import StoreError
+from embedcache.events import Events
+from embedcache.store import events as store_events
 from embedcache.store import layout, safety, schema, urls
 from embedcache.store.reader import TokenStore
 from embedcache.store.writer import (
@@ -127,6 +131,14 @@ def _write_hdf5(store: TokenStore, partial: Path, compression: str | None) -> No
                                   dtype=h5py.string_dtype("utf-8"))
             handle.create_dataset("offsets", data=store.offsets, compression=compression)
             handle.create_dataset("lost_samples", data=store.lost_samples, compression=compression)
+        if store.has_events:
+            for name, kind in store_events.ARRAYS.items():
+                values = store.read_rows(name)
+                if kind == "string":
+                    handle.create_dataset(name, data=np.asarray(values.tolist(), dtype=object),
+                                          dtype=h5py.string_dtype("utf-8"))
+                else:
+                    handle.create_dataset(name, data=values, compression=compression)
 
 
 def _part_shape(spec: StoreSpec, part: str) -> tuple[int, ...]:
@@ -194,6 +206,7 @@ class _Export:
     rows: RowInfo
     # One layer's datasets by part: "tokens", and "prefix", "scales", "prefix_scales" where the layout has them.
     layers: dict[int, dict[str, h5py.Dataset]]
+    events: Events | None  # sound events (strong labels), when the store kept them
 
 
 def _read_export(handle: h5py.File, path: Path) -> _Export:
@@ -221,7 +234,25 @@ def _read_export(handle: h5py.File, path: Path) -> _Export:
     rows = RowInfo.whole(clip_ids)
     if version >= 2:
         rows = RowInfo(_strings(per_row["recording_ids"][()]), per_row["offsets"][()], per_row["lost_samples"][()])
-    return _Export(attrs, spec, arrays, clip_ids, rows, layers)
+    return _Export(attrs, spec, arrays, clip_ids, rows, layers, _read_events(handle, path, attrs, spec, rows))
+
+
+def _read_events(handle: h5py.File, path: Path, attrs: dict, spec: StoreSpec, rows: RowInfo) -> Events | None:
+    """The export's sound events (strong labels) when its attributes announce them, checked like a store's."""
+    promised = store_events.event_arrays(attrs)
+    if not promised:
+        return None
+    datasets = {name: _dataset(handle, path, name, shape, kind) for name, (shape, kind) in promised.items()}
+    count = next(iter(promised.values()))[0][0]
+    safety.ensure_within_memory(path, "its sound events (read whole)", count * (STRING_BYTES + 8 + 8 + 4))
+    events = store_events.read_events(lambda name: (np.array(_strings(datasets[name][()]), dtype=str)
+                                                    if promised[name][1] == "string" else datasets[name][()]))
+    problems = store_events.event_problems(events, len(spec.label_names), set(rows.recording_ids))
+    if problems:
+        name, what = problems[0]
+        raise StoreError(f"{path}: /{name}: {what}; the file is damaged or was edited: re-export it with "
+                         "`embedcache export`")
+    return events
 
 
 def import_hdf5(path: str | Path, out_url: str | Path, overwrite: bool = False) -> TokenStore:
@@ -252,6 +283,7 @@ def _write_store(source: _Export, path: Path, out_url: str | Path) -> None:
         group = create_store(
             out_url, spec, source.clip_ids, arrays["labels"], arrays["splits"], arrays["num_samples"],
             source.attrs["provenance"], source.attrs["fingerprint"], source.attrs.get("skipped", []), source.rows,
+            events=source.events,
         )
     for chunk in range(spec.n_chunks):
         start, stop = spec.chunk_range(chunk)
