@@ -22,7 +22,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -558,13 +558,28 @@ class _HeadStudy:
     storage: str
     out_dir: Path
     study: optuna.Study
+    sweep: SweepConfig  # the study's own search budget (one trial for a head fitted without an optimiser)
+
+
+def fitted_head_sweep(kind: str, sweep: SweepConfig) -> tuple[SweepConfig, str | None]:
+    """(the sweep for this head kind, a note): a head fitted from whole splits (knn, logreg) ignores lr and weight
+    decay, so every trial would be the same fit; its study runs one trial and re-runs it once."""
+    from embedcache import heads as head_kinds
+
+    if head_kinds.uses_optimiser(kind) or sweep.trials == 1:
+        return sweep, None
+    note = (f"{kind} is fitted from whole splits, not trained: it ignores lr and weight decay, so its study runs 1 "
+            f"trial instead of {sweep.trials}" + (" (logreg chooses its C on validation itself)" if kind == "logreg"
+                                                  else ""))
+    return replace(sweep, trials=1, startup_trials=min(sweep.startup_trials, 1), top_k=1), note
 
 
 def _open_head_study(head: dict, resolved: dict, sweep: SweepConfig, store: TokenStore, record: dict,
                      min_epochs: int, out_dir: Path | None, storage: str | None, study_name: str,
                      notes: list[str]) -> _HeadStudy:
+    sweep, fitted = fitted_head_sweep(head["kind"], sweep)
     space = search_space(head, sweep)
-    collapsed = collapsed_ranges(head, sweep, space)
+    collapsed = collapsed_ranges(head, sweep, space) if fitted is None else [fitted]
     out_dir = Path(out_dir or Path("runs") / "sweeps" / study_name).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{out_dir / 'study.db'}"
@@ -578,7 +593,7 @@ def _open_head_study(head: dict, resolved: dict, sweep: SweepConfig, store: Toke
         "min_epochs": min_epochs, "space": {name: [d.low, d.high] for name, d in space.items()},
         "warnings": collapsed, "store": record, "probe_config": resolved, "split_notes": notes,
     }, sort_keys=False))
-    return _HeadStudy(head, resolved["seed"], space, collapsed, record, study_name, storage, out_dir, study)
+    return _HeadStudy(head, resolved["seed"], space, collapsed, record, study_name, storage, out_dir, study, sweep)
 
 
 def _run_trials(plan: _HeadStudy, sweep: SweepConfig, min_epochs: int, train_config: TrainConfig, data: dict,
@@ -700,7 +715,7 @@ def run_sweeps(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for plan in plans:
-            reports.append(_run_trials(plan, sweep, min_epochs, train_config, data, multilabel, metric, log))
+            reports.append(_run_trials(plan, plan.sweep, min_epochs, train_config, data, multilabel, metric, log))
     del data
     for plan, report in zip(plans, reports, strict=True):
         if not final:
@@ -712,7 +727,7 @@ def run_sweeps(
                 "worker was killed)")
             continue
         try:
-            _final_rerun(report, resolved, plan.head, sweep, log)
+            _final_rerun(report, resolved, plan.head, plan.sweep, log)
         except ConfigError as error:
             if not several:
                 raise

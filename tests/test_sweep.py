@@ -481,3 +481,17 @@ def test_a_sweep_over_several_layers_is_refused_up_front(tmp_path):
                         ["a", "b"], [f"c{i}" for i in range(8)], ["train"] * 4 + ["valid"] * 4, (2, 1))
     with pytest.raises(ConfigError, match="a sweep tunes one layer at a time"):
         run_sweep(store.path, "linear", tmp_path / "s", config={"layer": "all"})
+
+
+def test_a_head_fitted_without_an_optimiser_runs_one_trial_and_says_why(store, tmp_path):
+    result = CliRunner().invoke(main, [
+        "sweep", str(store.path), "--head", "knn,linear", "--trials", "3", "--startup-trials", "3", "--epochs", "2",
+        "--batch-size", "8", "--device", "cpu", "--final-seeds", "2", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    assert ("warning: knn is fitted from whole splits, not trained: it ignores lr and weight decay, so its study runs "
+            "1 trial instead of 3") in result.output.splitlines()
+    knn = list(csv.DictReader(open(tmp_path / "s" / "knn" / "trials.csv")))
+    linear = list(csv.DictReader(open(tmp_path / "s" / "linear" / "trials.csv")))
+    assert len(knn) == 1 and len(linear) == 3
+    final = list(csv.DictReader(open(tmp_path / "s" / "knn" / "results.csv")))
+    assert len(final) == 1 and final[0]["seeds"] == "2" and float(final[0]["test_map"]) > 0
