@@ -50,6 +50,7 @@ from embedcache.results import (
 )
 from embedcache.store import TokenStore
 from embedcache.store.subset import Subset
+from embedcache.store.summary import legacy_clip_policy_note
 from embedcache.train import (
     HeadBank,
     HeadSpec,
@@ -571,6 +572,10 @@ def choose_splits(config: dict) -> tuple[dict[str, TokenStore], dict, list[str]]
     stores = open_stores(config)
     available = {role: (store.path, store.split_names) for role, store in stores.items()}
     splits, notes = assign_splits(config["splits"], available)
+    for path, store in {store.path: store for store in stores.values()}.items():
+        legacy = legacy_clip_policy_note(store)
+        if legacy:
+            notes.append(f"warning: {path}: {legacy}")
     return stores, splits, notes
 
 

@@ -158,6 +158,22 @@ def test_a_format_1_store_still_passes_the_schema(store):
     assert opened.format_version == 1 and opened.offsets.tolist() == [0] * 12
     assert verify_store(store).ok
     assert "rows        one per clip (12 recordings)" in format_summary(summarize(opened))
+    assert "warning" not in format_summary(summarize(opened))  # its clips are as long as its clip policy
+
+
+def test_a_format_1_store_of_clips_of_other_lengths_is_flagged_by_info_and_probe(store, tmp_path):
+    for name in ("recording_ids", "offsets", "lost_samples"):
+        shutil.rmtree(store / name)
+    # The old default policy: every clip padded or cropped to 10 s (the fixture's clips are shorter).
+    policy = {"num_samples": 160000, "sample_rate": 16000, "crop": "keep start", "pad": "zeros at end"}
+    edit_attrs(store, lambda a: (a.update(format_version=1), a["provenance"].update(clip_policy=policy)))
+    note = ("12 of 12 clip(s) are not 10.00 s long, and this format-1 store padded or cropped their waveforms to that "
+            "length, which the official pipelines do not, so their tokens differ from the official ones; extract the "
+            "store again with this version")
+    code, output, unexpected = cli("info", store)
+    assert code == 0 and unexpected is None and f"warning     {note}" in output
+    code, output, unexpected = cli(*probe_args(store, tmp_path / "run"))
+    assert code == 0 and unexpected is None and f"warning: {store}: {note}" in output.splitlines()
 
 
 def test_the_readme_documents_every_schema_field_and_bound():

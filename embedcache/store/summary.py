@@ -94,8 +94,26 @@ def summarize(store: TokenStore) -> dict:
             **{name: _provenance_value(provenance.get(name), f"provenance.{name}", cuts)
                for name in ("versions", "manifest", "clip_policy", "frontend", "converted")},
         },
+        "legacy_clip_policy": legacy_clip_policy_note(store),
         "cut": cuts,
     }
+
+
+def legacy_clip_policy_note(store: TokenStore) -> str | None:
+    """What is wrong with a format-1 store's tokens, when it holds clips of another length than its clip policy's:
+    embedcache before format 2 zero-padded or cropped those clips' waveforms to one length, which no official
+    pipeline does, so their tokens differ from the official ones. None for later formats and equal-length clips."""
+    if store.format_version >= 2:
+        return None
+    target = (store.provenance.get("clip_policy") or {}).get("num_samples")
+    if isinstance(target, bool) or not isinstance(target, int) or target <= 0:
+        return None
+    differ = int((store.num_samples != target).sum())
+    if not differ:
+        return None
+    return (f"{differ} of {store.n_clips} clip(s) are not {target / (store.sample_rate or 1):.2f} s long, and this "
+            "format-1 store padded or cropped their waveforms to that length, which the official pipelines do not, "
+            "so their tokens differ from the official ones; extract the store again with this version")
 
 
 def _per_row(store: TokenStore, cuts: list[str]) -> dict:
@@ -194,6 +212,8 @@ def format_summary(summary: dict) -> str:
         f"created     {provenance.get('created')} on {provenance.get('device')}; "
         + (", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else str(versions)),
     ]
+    if s.get("legacy_clip_policy"):
+        lines.append(f"warning     {s['legacy_clip_policy']}")
     lines += [f"converted   {_conversion_text(item)}" for item in (provenance.get("converted") or [])[:5]
               if isinstance(provenance.get("converted"), list)]
     for item in s["skipped"][:SKIPPED_SHOWN]:
