@@ -159,7 +159,8 @@ def results_command(ledger, heads) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
 def predict_command(run, data, out_path, split, heads, checkpoint, store_out, device) -> None:
     """Apply RUN's chosen heads (every seed) to DATA: a token store, or a manifest of new audio, which is extracted
-    first with the encoder and settings of the store RUN was trained on.
+    first with the encoder and settings of the store RUN was trained on. For a `--task sed` run, the events its
+    frame heads detect (the run's median filter and threshold) also go to OUT's name with .events.csv.
 
     \b
     Examples:
@@ -169,7 +170,7 @@ def predict_command(run, data, out_path, split, heads, checkpoint, store_out, de
     from pathlib import Path
 
     from embedcache.predict import extract_like, load_run, predict
-    from embedcache.results import write_predictions
+    from embedcache.results import EVENT_PREDICTION_COLUMNS, write_csv, write_predictions
 
     trained = load_run(run, [h.strip() for h in heads.split(",")] if heads else None)
     if Path(data).suffix.lower() in (".csv", ".jsonl", ".ndjson") and Path(data).is_file():
@@ -182,6 +183,10 @@ def predict_command(run, data, out_path, split, heads, checkpoint, store_out, de
     predictions = predict(trained, store, splits, device=device)
     write_predictions(out_path, predictions)
     click.echo(f"{out_path}: {len(predictions.clip_ids)} clips x {len(predictions.scores)} head/seed(s)")
+    if predictions.events is not None:
+        events_path = Path(out_path).with_name(Path(out_path).stem + ".events.csv")
+        write_csv(events_path, predictions.events, EVENT_PREDICTION_COLUMNS)
+        click.echo(f"{events_path}: {len(predictions.events)} detected event(s) (onset, offset in s, label, score)")
 
 
 COMMANDS = [probe_command, results_command, predict_command]

@@ -17,7 +17,7 @@ from embedcache.errors import ConfigError, EmbedcacheError
 from embedcache.loader import SplitData
 from embedcache.results import Predictions, head_key
 from embedcache.store import TokenStore
-from embedcache.train import predict_scores
+from embedcache.train import predict_frame_scores, predict_scores
 
 
 @dataclass
@@ -37,10 +37,13 @@ class TrainedRun:
     # The run's batch size: scores computed in batches of the same size equal the run's to the last bit.
     batch_size: int = 128
     head_layers: dict[str, int | None] = field(default_factory=dict)
+    # task sed: the run's median filter (seconds) and event threshold (probe's `sed` settings).
+    sed: dict = field(default_factory=dict)
 
     @property
     def multilabel(self) -> bool:
-        return self.task == "multilabel"
+        """Clip scores are per-class sigmoids: multi-label runs, and sound-event runs (events overlap)."""
+        return self.task != "multiclass"
 
     @property
     def layers(self) -> list[int]:
@@ -80,7 +83,8 @@ def load_run(run_dir: str | Path, heads: list[str] | None = None) -> TrainedRun:
     layer = metrics.get("layer")
     layer = [int(v) for v in layer] if isinstance(layer, list) else int(layer)
     run = TrainedRun(run_dir, str(metrics.get("task") or config.get("task")), layer, label_names,
-                     str(metrics.get("store")), batch_size=int(batch_size) if isinstance(batch_size, int) else 128)
+                     str(metrics.get("store")), batch_size=int(batch_size) if isinstance(batch_size, int) else 128,
+                     sed=dict(config.get("sed") or {}) if isinstance(config, dict) else {})
     for entry, key in zip(entries, keys, strict=True):
         if entry.get("head") not in wanted and key not in wanted:
             continue
@@ -138,7 +142,28 @@ def predict(run: TrainedRun, store: TokenStore | str | Path, split: str | list[s
         clip_ids=store.clip_ids[data.indices], label_names=list(store.label_names),
         scores={(name, seed): scores for (name, seed, _), scores in zip(modules, values, strict=True)},
         labels=data.labels, recording_ids=store.recording_ids[data.indices] if store.is_windowed else None,
+        events=_detect_events(run, modules, data, batch_size or run.batch_size) if run.task == "sed" else None,
     )
+
+
+def _detect_events(run: TrainedRun, modules: list, data: SplitData, batch_size: int) -> list[dict]:
+    """A sound-event run's detections on `data`: the frame scores of every head that gives them, median-filtered
+    and thresholded with the run's own `sed` settings, one row per (head, seed, clip, event), as probe writes
+    event_predictions.csv (here for every clip, with or without strong labels)."""
+    from embedcache import sed
+
+    settings = {"median_filter": 0.5, "threshold": 0.5, **run.sed}
+    framed = [(name, seed, head) for name, seed, head in modules if head_registry.gives_frames(head.kind)]
+    values = predict_frame_scores([head for _, _, head in framed], data, batch_size,
+                                  layers=[run.head_layers.get(name) for name, _, _ in framed])
+    names, found = data.store.label_names, []
+    for (name, seed, _), frame_scores in zip(framed, values, strict=True):
+        lines = sed.timelines(data.store, data.indices, frame_scores, settings["median_filter"])
+        found += [{"head": name, "seed": seed, "clip_id": line.clip_id, "onset": round(onset, 6),
+                   "offset": round(offset, 6), "label": label, "score": round(score, 6)}
+                  for line in lines for onset, offset, label, score in sed.detect_events(line, names,
+                                                                                           settings["threshold"])]
+    return found
 
 
 def extract_like(store: TokenStore | str | Path, manifest: str | Path, out: str | Path, checkpoint: str | None = None,

@@ -39,6 +39,8 @@ class Predictions:
     scores: dict[tuple[str, int], np.ndarray]
     labels: np.ndarray | None = None
     recording_ids: np.ndarray | None = None
+    # A sound-event run's detections: one row per (head, seed, clip, event), EVENT_PREDICTION_COLUMNS.
+    events: list[dict] | None = None
 
 
 def write_predictions(path: str | Path, predictions: Predictions) -> Path:

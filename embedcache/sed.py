@@ -81,7 +81,9 @@ def timelines(store: TokenStore, rows: np.ndarray, frame_scores: np.ndarray, med
     length = filter_steps(median_seconds, steps.stride / rate)
     names = store.label_names
     lengths = store.row_lengths[rows]
-    found = row_events(store.view_events, store.recording_ids[rows], store.offsets[rows], lengths)
+    events = store.view_events
+    found = ([[] for _ in rows] if events is None else  # new audio: no true events
+             row_events(events, store.recording_ids[rows], store.offsets[rows], lengths))
     n_freq = store.grid[1]
     out = []
     for i, row in enumerate(rows.tolist()):

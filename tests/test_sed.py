@@ -218,6 +218,31 @@ def test_convert_and_hdf5_export_import_keep_the_events(tone_run, tmp_path):
     assert (report.run_dir / "sed.csv").exists() and (report.run_dir / "event_predictions.csv").exists()
 
 
+def test_predict_on_a_sed_run_gives_its_clip_scores_and_events_and_detects_events_in_new_audio(tone_run, tmp_path):
+    run_dir = tone_run["report"].run_dir
+    out = tmp_path / "p.csv"
+    assert cli_ok(["predict", str(run_dir), str(tone_run["store"]), "--split", "test", "--out", str(out)])
+    assert out.read_text() == (run_dir / "predictions.csv").read_text()  # sigmoid clip scores, as the run's
+
+    def events_of(path):
+        with open(path, newline="") as handle:
+            return sorted((r["head"], r["seed"], r["clip_id"], r["onset"], r["offset"], r["label"]) for r in
+                          csv.DictReader(handle))
+
+    found = events_of(tmp_path / "p.events.csv")
+    assert found and found == events_of(run_dir / "event_predictions.csv")
+    assert {row[0] for row in found} == {"frame_linear", "protobin"}
+
+    # New audio without any strong labels: extracted with the run's encoder, its events detected.
+    fresh = build_tone_events(tmp_path / "fresh", n_clips=20, seed=7)
+    with open(fresh.parent / "events.tsv", newline="") as handle:
+        truth = {(row["filename"], row["event_label"]) for row in csv.DictReader(handle, delimiter="\t")}
+    (fresh.parent / "events.tsv").unlink()
+    assert cli_ok(["predict", str(run_dir), str(fresh), "--out", str(tmp_path / "new.csv")])
+    detected = [row for row in events_of(tmp_path / "new.events.csv") if row[0] == "frame_linear"]
+    assert truth and {(clip, label) for _, _, clip, _, _, label in detected} >= truth
+
+
 def test_an_export_whose_events_were_edited_is_refused_in_one_line(tone_run, tmp_path):
     import h5py
 
