@@ -88,20 +88,29 @@ def multiclass_metrics(targets: np.ndarray, scores: np.ndarray) -> dict:
     return result
 
 
-def pool_by_recording(recordings: np.ndarray, targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, ...]:
+def pool_by_recording(recordings: np.ndarray, targets: np.ndarray, scores: np.ndarray,
+                      reduce: str = "max") -> tuple[np.ndarray, ...]:
     """Window rows -> recording rows: (recording ids [R], targets [R, C], scores [R, C]), in first-seen order.
 
-    A recording's score for a class is the max over its windows (the event is present if any window holds it); its
-    target is the union of its windows' targets.
+    A recording's score for a class is the max over its windows (the event is present if any window holds it), or
+    with reduce="mean" their mean (as the score of a recording whose windows' scores are averaged); its target is the
+    union of its windows' targets.
     """
+    if reduce not in ("max", "mean"):
+        raise ValueError(f"reduce={reduce!r}: choose max or mean")
     recordings = np.asarray(recordings)
     names, first, inverse = np.unique(recordings, return_index=True, return_inverse=True)
     order = np.argsort(first)  # first-seen order, not sorted ids
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     rows = rank[inverse]
-    pooled_scores = np.full((len(names), scores.shape[1]), -np.inf)
     pooled_targets = np.zeros((len(names), targets.shape[1]), dtype=np.asarray(targets).dtype)
-    np.maximum.at(pooled_scores, rows, np.asarray(scores, dtype=np.float64))
     np.maximum.at(pooled_targets, rows, np.asarray(targets))
+    if reduce == "max":
+        pooled_scores = np.full((len(names), scores.shape[1]), -np.inf)
+        np.maximum.at(pooled_scores, rows, np.asarray(scores, dtype=np.float64))
+    else:
+        pooled_scores = np.zeros((len(names), scores.shape[1]))
+        np.add.at(pooled_scores, rows, np.asarray(scores, dtype=np.float64))
+        pooled_scores /= np.bincount(rows, minlength=len(names))[:, None]
     return names[order], pooled_targets, pooled_scores

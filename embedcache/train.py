@@ -160,16 +160,17 @@ def split_metrics(
 ) -> dict:
     """Metrics of full-split scores [N, C] against uint8 targets [N, C].
 
-    With `recordings` (rows that are windows of longer recordings), the same metrics per recording too, prefixed
-    `recording_`: window scores max-pooled per recording, targets united.
+    With `recordings` (rows that are windows of longer recordings), the same metrics per recording too, targets
+    united: prefixed `recording_` with window scores max-pooled per recording, `recording_mean_` with them averaged.
     """
     compute = metrics.multilabel_metrics if multilabel else metrics.multiclass_metrics
     result = compute(targets, scores)
     if recordings is not None:
-        _, pooled_targets, pooled_scores = metrics.pool_by_recording(recordings, targets, scores)
-        # A recording whose windows disagree on a single label is multi-label: score it as such.
-        pooled = metrics.multilabel_metrics if multilabel or (pooled_targets.sum(1) != 1).any() else compute
-        result.update({f"recording_{key}": value for key, value in pooled(pooled_targets, pooled_scores).items()})
+        for reduce, prefix in (("max", "recording_"), ("mean", "recording_mean_")):
+            _, pooled_targets, pooled_scores = metrics.pool_by_recording(recordings, targets, scores, reduce)
+            # A recording whose windows disagree on a single label is multi-label: score it as such.
+            pooled = metrics.multilabel_metrics if multilabel or (pooled_targets.sum(1) != 1).any() else compute
+            result.update({f"{prefix}{key}": value for key, value in pooled(pooled_targets, pooled_scores).items()})
     return result
 
 

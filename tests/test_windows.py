@@ -3,6 +3,7 @@ and the round trip through probe, verify, pack, export/import and append."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 
 from embedcache import audio
 from embedcache.encoders.melpatch import MelPatch
-from embedcache.metrics import pool_by_recording
+from embedcache.metrics import multilabel_metrics, pool_by_recording
 from embedcache.rows import plan_clips, plan_windows, window_offsets
 from embedcache.store import TokenStore
 from embedcache.store.verify import verify_store
@@ -49,6 +50,12 @@ def test_pooling_windows_takes_the_max_score_and_the_union_of_labels():
     )
     assert ids.tolist() == ["b", "a"] and targets.tolist() == [[1, 0], [0, 1]]
     assert scores.tolist() == [[0.5, 0.2], [0.3, 0.9]]
+    ids, targets, scores = pool_by_recording(
+        np.array(["b", "b", "a"]), np.array([[1, 0], [0, 0], [0, 1]], np.uint8),
+        np.array([[0.1, 0.2], [0.5, 0.1], [0.3, 0.9]]), reduce="mean",
+    )
+    assert ids.tolist() == ["b", "a"] and targets.tolist() == [[1, 0], [0, 1]]
+    np.testing.assert_allclose(scores, [[0.3, 0.15], [0.3, 0.9]])
 
 
 def write_recordings(folder: Path, seconds: list[float], first: int = 0) -> Path:
@@ -116,8 +123,18 @@ def test_info_and_probe_report_windows_and_recording_level_map(windowed, tmp_pat
     metrics = json.loads((run / "metrics.json").read_text())
     test = metrics["heads"][0]["test"]
     assert "recording_map" in test and test["recording_n_classes_scored"] == 2
-    # The recording-level number is the mAP of window scores max-pooled per recording, as the pure function says.
-    assert 0.0 <= test["recording_map"] <= 1.0
+    # The recording-level numbers are the mAPs of the test windows' scores (predictions.csv) max- and mean-pooled
+    # per recording.
+    with open(run / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    names = metrics["label_names"]
+    recordings = np.array([row["recording_id"] for row in rows])
+    targets = np.array([[int(row[f"true:{name}"]) for name in names] for row in rows], np.uint8)
+    scores = np.array([[float(row[f"score:{name}"]) for name in names] for row in rows])
+    for reduce, key in (("max", "recording_map"), ("mean", "recording_mean_map")):
+        _, pooled_targets, pooled_scores = pool_by_recording(recordings, targets, scores, reduce)
+        expected = multilabel_metrics(pooled_targets, pooled_scores)["map"]
+        assert test[key] == pytest.approx(expected, abs=1e-6), key
 
 
 def test_windows_survive_verify_pack_export_import_and_append(windowed, tmp_path):
