@@ -159,6 +159,8 @@ def _detect_events(run: TrainedRun, modules: list, data: SplitData, batch_size: 
     names, found = data.store.label_names, []
     for (name, seed, _), frame_scores in zip(framed, values, strict=True):
         lines = sed.timelines(data.store, data.indices, frame_scores, settings["median_filter"])
+        if data.store.is_windowed:  # windows of long recordings: events per recording, in its time
+            lines = sed.recording_timelines(data.store, data.indices, lines)
         found += [{"head": name, "seed": seed, "clip_id": line.clip_id, "onset": round(onset, 6),
                    "offset": round(offset, 6), "label": label, "score": round(score, 6)}
                   for line in lines for onset, offset, label, score in sed.detect_events(line, names,

@@ -913,6 +913,8 @@ def _sed_scores(test: SplitData, frame_scores: np.ndarray, settings: dict) -> tu
     strong = scored.any(axis=1)
     found = {key: value for key, value in sed.frame_metrics(targets, frame_scores, scored).items()}
     lines = sed.timelines(test.store, test.indices[strong], frame_scores[strong], settings["median_filter"])
+    if test.store.is_windowed:  # windows of long recordings: scored per recording
+        lines = sed.recording_timelines(test.store, test.indices[strong], lines)
     found.update(sed.sed_metrics(lines, test.store.label_names, settings["threshold"]))
     return found, lines
 

@@ -108,6 +108,38 @@ def detect_events(timeline: Timeline, label_names: Sequence[str], threshold: flo
     return sorted(found)
 
 
+def recording_timelines(store: TokenStore, rows: np.ndarray, lines: Sequence[Timeline]) -> list[Timeline]:
+    """Timelines of window rows (`lines`, one per row of `rows`) joined into one per recording, in first-seen order:
+    each window's steps placed at its offset, the scores of overlapping windows averaged over the time both cover
+    (0 where none does), the recording's own true events, merged per label. Event metrics then count an event once
+    per recording, as DCASE scores whole files, not once per window that holds it."""
+    rate = store.sample_rate
+    names = store.label_names
+    events = store.view_events
+    grouped = events.by_recording() if events is not None else {}
+    members: dict[str, list[tuple[float, Timeline]]] = {}
+    for row, line in zip(np.asarray(rows, np.int64).tolist(), lines, strict=True):
+        members.setdefault(str(store.recording_ids[row]), []).append((float(store.offsets[row]) / rate, line))
+    out = []
+    for recording, windows in members.items():
+        bounds = np.unique(np.concatenate([line.timestamps + offset for offset, line in windows]))
+        middles = (bounds[:-1] + bounds[1:]) / 2
+        total = np.zeros((len(middles), len(names)))
+        count = np.zeros(len(middles))
+        for offset, line in windows:
+            times = line.timestamps + offset
+            step = np.searchsorted(times, middles, side="right") - 1
+            inside = (step >= 0) & (step < len(line.scores)) & (middles < times[-1])
+            total[inside] += line.scores[step[inside]]
+            count[inside] += 1
+        scores = np.divide(total, count[:, None], out=np.zeros_like(total), where=count[:, None] > 0)
+        truth = merged([(int(events.onsets[i]) / rate, int(events.offsets[i]) / rate, names[int(events.labels[i])])
+                        for i in grouped.get(recording, np.zeros(0, np.int64)).tolist()])
+        duration = max(offset + line.duration for offset, line in windows)
+        out.append(Timeline(recording, bounds, scores, duration, truth))
+    return out
+
+
 # -- metrics ---------------------------------------------------------------------------------------------------
 def sed_metrics(lines: Sequence[Timeline], label_names: Sequence[str], threshold: float = 0.5) -> dict:
     """PSDS1, PSDS2 (threshold-independent), event-based and segment-based macro F1 at `threshold`, all computed

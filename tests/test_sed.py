@@ -243,6 +243,37 @@ def test_predict_on_a_sed_run_gives_its_clip_scores_and_events_and_detects_event
     assert truth and {(clip, label) for _, _, clip, _, _, label in detected} >= truth
 
 
+def test_window_timelines_join_per_recording_averaging_where_windows_overlap():
+    from types import SimpleNamespace
+
+    events = Events(np.array(["r"]), np.array([8000]), np.array([24000]), np.array([0], np.int32))
+    store = SimpleNamespace(sample_rate=16000, label_names=["a"], view_events=events,
+                            recording_ids=np.array(["r", "r"]), offsets=np.array([0, 16000]))
+    windows = [sed.Timeline("r#0", np.array([0.0, 1.0, 2.0]), np.array([[0.2], [0.4]]), 2.0, []),
+               sed.Timeline("r#1", np.array([0.0, 1.0, 2.0]), np.array([[0.6], [0.8]]), 2.0, [])]
+    (line,) = sed.recording_timelines(store, np.array([0, 1]), windows)
+    assert line.clip_id == "r" and line.duration == 3.0 and line.truth == [(0.5, 1.5, "a")]
+    assert line.timestamps.tolist() == [0.0, 1.0, 2.0, 3.0]
+    np.testing.assert_allclose(line.scores[:, 0], [0.2, 0.5, 0.8])  # the overlap [1, 2) s: both windows, averaged
+
+
+def test_sed_on_windows_scores_and_reports_events_per_recording(tmp_path):
+    manifest = build_tone_events(tmp_path / "tones", n_clips=40)
+    store_path = tmp_path / "windows.zarr"
+    extract(ExtractConfig(encoder="melpatch", manifest=str(manifest), out=str(store_path), encoder_options=MELPATCH,
+                          progress=False, workers=0, window=2.0, hop=1.0))
+    store = TokenStore.open(store_path)
+    assert store.is_windowed and store.has_events
+    report = run_probe(store_path, ["frame_linear"], tmp_path / "run", config=SED_CONFIG, log=lambda _: None)
+    with open(report.run_dir / "event_predictions.csv", newline="") as handle:
+        found = list(csv.DictReader(handle))
+    test_recordings = set(store.recording_ids[store.split_indices("test")].tolist())
+    assert found and {row["clip_id"] for row in found} <= test_recordings  # recordings, not window rows
+    assert max(float(row["offset"]) for row in found) > 2.0  # in the recording's time, past the first window
+    (result,) = report.results
+    assert result.test["event_f1"] > 0.8  # each tone found once per recording, not once per window holding it
+
+
 def test_an_export_whose_events_were_edited_is_refused_in_one_line(tone_run, tmp_path):
     import h5py
 
