@@ -152,19 +152,14 @@ def _detect_events(run: TrainedRun, modules: list, data: SplitData, batch_size: 
     event_predictions.csv (here for every clip, with or without strong labels)."""
     from embedcache import sed
 
-    settings = {"median_filter": 0.5, "threshold": 0.5, **run.sed}
+    settings = {**sed.DEFAULTS, **run.sed}
     framed = [(name, seed, head) for name, seed, head in modules if head_registry.gives_frames(head.kind)]
     values = predict_frame_scores([head for _, _, head in framed], data, batch_size,
                                   layers=[run.head_layers.get(name) for name, _, _ in framed])
-    names, found = data.store.label_names, []
+    found = []
     for (name, seed, _), frame_scores in zip(framed, values, strict=True):
-        lines = sed.timelines(data.store, data.indices, frame_scores, settings["median_filter"])
-        if data.store.is_windowed:  # windows of long recordings: events per recording, in its time
-            lines = sed.recording_timelines(data.store, data.indices, lines)
-        found += [{"head": name, "seed": seed, "clip_id": line.clip_id, "onset": round(onset, 6),
-                   "offset": round(offset, 6), "label": label, "score": round(score, 6)}
-                  for line in lines for onset, offset, label, score in sed.detect_events(line, names,
-                                                                                           settings["threshold"])]
+        lines = sed.scored_timelines(data.store, data.indices, frame_scores, settings["median_filter"])
+        found += sed.event_rows(name, seed, lines, data.store.label_names, settings["threshold"])
     return found
 
 

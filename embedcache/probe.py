@@ -92,7 +92,7 @@ DEFAULT_CONFIG: dict = {
     "predictions": True,
     # task: sed: frame scores median-filtered over this many seconds at prediction time (0: none), and the score
     # an event must pass for the event predictions and the F1 scores (PSDS needs no threshold).
-    "sed": {"median_filter": 0.5, "threshold": 0.5},
+    "sed": dict(sed.DEFAULTS),
     "train": TrainConfig(epochs=30, batch_size=32).to_dict(),
 }
 
@@ -912,9 +912,7 @@ def _sed_scores(test: SplitData, frame_scores: np.ndarray, settings: dict) -> tu
     targets, scored = split_frames(test)
     strong = scored.any(axis=1)
     found = {key: value for key, value in sed.frame_metrics(targets, frame_scores, scored).items()}
-    lines = sed.timelines(test.store, test.indices[strong], frame_scores[strong], settings["median_filter"])
-    if test.store.is_windowed:  # windows of long recordings: scored per recording
-        lines = sed.recording_timelines(test.store, test.indices[strong], lines)
+    lines = sed.scored_timelines(test.store, test.indices[strong], frame_scores[strong], settings["median_filter"])
     found.update(sed.sed_metrics(lines, test.store.label_names, settings["threshold"]))
     return found, lines
 
@@ -928,10 +926,7 @@ def _evaluate_frames(result: HeadResult, members: list, test: SplitData, setting
             continue
         metrics_of_seed, lines = _sed_scores(test, bank.predict_frames(test, which=[k])[0], settings)
         entry["test"].update(scalars(metrics_of_seed))
-        found += [{"head": result.key, "seed": seed, "clip_id": line.clip_id, "onset": round(onset, 6),
-                   "offset": round(offset, 6), "label": label, "score": round(score, 6)}
-                  for line in lines for onset, offset, label, score in sed.detect_events(line, names,
-                                                                                           settings["threshold"])]
+        found += sed.event_rows(result.key, seed, lines, names, settings["threshold"])
     healthy = [entry["test"] for entry in result.per_seed if not entry.get("diverged")]
     result.test = _scalar_summary(healthy) if healthy else {}
     return found

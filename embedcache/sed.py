@@ -29,6 +29,8 @@ PSDS2 = {"dtc_threshold": 0.1, "gtc_threshold": 0.1, "cttc_threshold": 0.3, "alp
 EVENT_COLLARS = {"onset_collar": 0.2, "offset_collar": 0.2, "offset_collar_rate": 0.2}
 SEGMENT_SECONDS = 1.0
 METRICS = ("psds1", "psds2", "event_f1", "segment_f1")
+# probe's `sed` settings: frame scores median-filtered over this many seconds (0: none), events above threshold.
+DEFAULTS = {"median_filter": 0.5, "threshold": 0.5}
 
 
 def sed_scores_eval():
@@ -138,6 +140,23 @@ def recording_timelines(store: TokenStore, rows: np.ndarray, lines: Sequence[Tim
         duration = max(offset + line.duration for offset, line in windows)
         out.append(Timeline(recording, bounds, scores, duration, truth))
     return out
+
+
+def scored_timelines(store: TokenStore, rows: np.ndarray, frame_scores: np.ndarray,
+                     median_seconds: float) -> list[Timeline]:
+    """The timelines events are detected and scored on: one per row, or one per recording when the rows are
+    windows of longer recordings (`recording_timelines`)."""
+    lines = timelines(store, rows, frame_scores, median_seconds)
+    return recording_timelines(store, rows, lines) if store.is_windowed else lines
+
+
+def event_rows(head: str, seed: int, lines: Sequence[Timeline], label_names: Sequence[str],
+               threshold: float) -> list[dict]:
+    """One row per event detected on `lines` (head, seed, clip_id, onset, offset in seconds, label, score): the rows
+    of event_predictions.csv."""
+    return [{"head": head, "seed": seed, "clip_id": line.clip_id, "onset": round(onset, 6),
+             "offset": round(offset, 6), "label": label, "score": round(score, 6)}
+            for line in lines for onset, offset, label, score in detect_events(line, label_names, threshold)]
 
 
 # -- metrics ---------------------------------------------------------------------------------------------------
