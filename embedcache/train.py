@@ -216,20 +216,21 @@ class HeadBank:
                 raise ConfigError(f"sound-event detection: head(s) {', '.join(unable)} give no frame scores; use "
                                   "frame_linear or a prototype head (proto, protofloat, protobin)")
 
-    def metric_of(self, k: int) -> str:
-        """The validation metric head k is chosen by: frame_map for a head trained on frames, else the clip one."""
-        if self.frames and self.heads_[k].trains_on_frames:
-            return "frame_map"
-        return selection_metric(self.multilabel_)
-
-    def _frame_loss(self, logits: torch.Tensor, raw: RawBatch, frames: tuple) -> torch.Tensor:
-        """A frame head's loss on the strong-labelled real time steps of a batch (logits [B, n_time, C])."""
+    @staticmethod
+    def _frame_targets(raw: RawBatch, frames: tuple, n_freq: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(targets [S, C] of the batch's strong-labelled real time steps, those steps [B, n_time] bool): the same for
+        every frame head, so computed once per batch."""
         targets, scored = frames
         rows = torch.from_numpy(raw.positions).to(targets.device)
-        steps = scored[rows] & raw.mask.view(len(rows), logits.shape[1], -1).any(dim=2)
+        steps = scored[rows] & raw.mask.view(len(rows), -1, n_freq).any(dim=2)
+        return targets[rows][steps], steps
+
+    def _frame_loss(self, logits: torch.Tensor, step_targets: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """A frame head's loss on the strong-labelled real time steps of a batch (logits [B, n_time, C])."""
+        targets, steps = step_targets
         if not bool(steps.any()):
             return logits.sum() * 0.0  # no strong label in this batch: no gradient, no NaN
-        return self.loss_fn_(logits[steps].float(), targets[rows][steps])
+        return self.loss_fn_(logits[steps].float(), targets)
 
     def _init_rng(self, device: torch.device) -> None:
         # Heads with dropout draw from the global RNG: give each its own RNG state so neighbours cannot shift it.
@@ -315,6 +316,7 @@ class HeadBank:
             active = [k for k in trained if k not in self.stopped_ | self.diverged_]
             if not active:
                 break
+            frame_heads = {k for k in active if frames is not None and self.heads_[k].trains_on_frames}
             started = time.perf_counter()
             for head in self.heads_:
                 head.train()
@@ -322,20 +324,22 @@ class HeadBank:
             for _, raw in epoch_batches:
                 batch = _token_batch(raw)
                 targets = self._loss_targets(raw.targets)
+                step_targets = self._frame_targets(raw, frames, n_freq) if frame_heads else None
                 head_losses = []
                 for k in active:
-                    on_frames = frames is not None and self.heads_[k].trains_on_frames
+                    on_frames = k in frame_heads
                     with self._head_rng(k, device), self._autocast(device):
                         head_in = head_input(batch, self.routes_[k])
                         logits = self.heads_[k].frame_logits(head_in, n_freq) if on_frames else self.heads_[k](head_in)
-                    loss = self._frame_loss(logits, raw, frames) if on_frames else self.loss_fn_(logits.float(),
-                                                                                                     targets)
+                    loss = self._frame_loss(logits, step_targets) if on_frames else self.loss_fn_(logits.float(),
+                                                                                                  targets)
                     head_losses.append(loss + self.heads_[k].auxiliary_loss())
+                losses = torch.stack(head_losses)
                 optimiser.zero_grad(set_to_none=True)
-                torch.stack(head_losses).sum().backward()
+                losses.sum().backward()
                 optimiser.step()
                 scheduler.step()
-                loss_sums[active] += torch.stack(head_losses).detach().double() * len(raw.positions)
+                loss_sums[active] += losses.detach().double() * len(raw.positions)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # honest epoch times: wait for the queued kernels
             train_seconds = time.perf_counter() - started
