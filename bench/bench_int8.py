@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.bench_probe import epoch_seconds as fastest_epoch
 from bench.results import emit, machine, parse_args, ratio
 from embedcache.datasets.sample import build_sample_set
 from embedcache.extract import ExtractConfig, extract
@@ -142,9 +143,7 @@ def epoch_seconds(store: TokenStore, kind: str, epochs: int) -> float:
     """Fastest training epoch after the first of one head, split in memory."""
     bank = HeadBank([HeadSpec(kind, lr=1e-2, weight_decay=1e-4, seed=0)],
                     TrainConfig(epochs=epochs, batch_size=32, device="cpu"))
-    bank.fit(SplitData(store, "train", device="cpu"))
-    seconds = [row["train_seconds"] for row in bank.curves_]
-    return min(seconds[1:] or seconds)
+    return fastest_epoch(bank.fit(SplitData(store, "train", device="cpu")))
 
 
 def quality(store: TokenStore, out: Path, seeds: int, epochs: int, lrs: list[float]) -> dict:

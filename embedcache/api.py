@@ -73,7 +73,7 @@ def fit(store: TokenStore | str | Path, heads: Sequence[str], lr: float = 1e-2, 
 
     specs = []
     for kind in heads:
-        accepted = set(head_registry.head_options(kind))
+        accepted = set(head_registry.head_options(kind)) - {"generator"}  # the bank seeds each head itself
         specs.append(HeadSpec(kind, lr, weight_decay, seed, {k: v for k, v in head_options.items() if k in accepted}))
     unused = set(head_options) - {key for spec in specs for key in spec.options}
     if unused:

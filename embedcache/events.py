@@ -66,10 +66,6 @@ class Events:
     offsets: np.ndarray
     labels: np.ndarray
 
-    @classmethod
-    def empty(cls) -> Events:
-        return cls(np.array([], dtype=str), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
-
     def __len__(self) -> int:
         return len(self.onsets)
 

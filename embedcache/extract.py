@@ -263,7 +263,7 @@ def _provenance(config: ExtractConfig, encoder: encoders.Encoder, manifest: Mani
             "embed_dim": encoder.embed_dim,
             "num_prefix": encoder.num_prefix,
             "sample_rate": encoder.sample_rate,
-            "time_steps": getattr(encoder, "time_steps", lambda: None)(),
+            "time_steps": encoder.time_steps(),
         },
         "frontend": encoder.frontend_config(),
         "layers": extra["layers"],

@@ -31,6 +31,7 @@ import yaml
 from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from embedcache import heads as head_kinds
 from embedcache.errors import ConfigError
 from embedcache.probe import (
     absolute_url,
@@ -485,12 +486,12 @@ def _train_batch(study: optuna.Study, asked: list[optuna.Trial], head: dict, see
     bank = HeadBank(specs, train_config, multilabel=multilabel)
 
     def diverged(k: int, metrics: dict) -> bool:
-        return k in getattr(bank, "diverged_", set()) or not math.isfinite(float(metrics.get(metric, math.nan)))
+        return k in bank.diverged_ or not math.isfinite(float(metrics.get(metric, math.nan)))
 
     def on_validation(epoch: int, results: dict[int, dict]) -> list[int]:
         stop = []
         # A diverged head is left out of `results` (it is in the bank's diverged_) or comes with a NaN metric.
-        for k in sorted(set(results) | getattr(bank, "diverged_", set())):
+        for k in sorted(set(results) | bank.diverged_):
             if k in told:
                 continue
             trial, metrics = asked[k], results.get(k, bank.valid_metrics_[k])
@@ -564,8 +565,6 @@ class _HeadStudy:
 def fitted_head_sweep(kind: str, sweep: SweepConfig) -> tuple[SweepConfig, str | None]:
     """(the sweep for this head kind, a note): a head fitted from whole splits (knn, logreg) ignores lr and weight
     decay, so every trial would be the same fit; its study runs one trial and re-runs it once."""
-    from embedcache import heads as head_kinds
-
     if head_kinds.uses_optimiser(kind) or sweep.trials == 1:
         return sweep, None
     note = (f"{kind} is fitted from whole splits, not trained: it ignores lr and weight decay, so its study runs 1 "
@@ -596,10 +595,10 @@ def _open_head_study(head: dict, resolved: dict, sweep: SweepConfig, store: Toke
     return _HeadStudy(head, resolved["seed"], space, collapsed, record, study_name, storage, out_dir, study, sweep)
 
 
-def _run_trials(plan: _HeadStudy, sweep: SweepConfig, min_epochs: int, train_config: TrainConfig, data: dict,
-                multilabel: bool, metric: str, log: Callable[[str], None]) -> SweepReport:
+def _run_trials(plan: _HeadStudy, min_epochs: int, train_config: TrainConfig, data: dict, multilabel: bool,
+                metric: str, log: Callable[[str], None]) -> SweepReport:
     """Train the study's trials, K per pass, until its budget is spent (by all workers); write trials.csv."""
-    study, space = plan.study, plan.space
+    study, space, sweep = plan.study, plan.space, plan.sweep
     for note in plan.warnings:
         log(f"warning: {note}")
     log(f"study {plan.name} ({redact(plan.storage)}): {sweep.trials} trials ({sweep.startup_trials} Sobol, then TPE), "
@@ -715,7 +714,7 @@ def run_sweeps(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for plan in plans:
-            reports.append(_run_trials(plan, plan.sweep, min_epochs, train_config, data, multilabel, metric, log))
+            reports.append(_run_trials(plan, min_epochs, train_config, data, multilabel, metric, log))
     del data
     for plan, report in zip(plans, reports, strict=True):
         if not final:

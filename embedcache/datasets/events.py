@@ -246,7 +246,7 @@ def _write_strong(root: Path, out: str | Path | None, clips: list[Clip],
                   events: list[tuple[str, float, float, str]]) -> Path:
     label_names = sorted({label for clip in clips for label in clip.labels})
     known = [clip for clip in clips if clip.split in SPLIT_NAMES]
-    path = write_manifest(manifest_path(root, out), by_split(known) + [c for c in clips if c not in known],
+    path = write_manifest(manifest_path(root, out), by_split(known) + [c for c in clips if c.split not in SPLIT_NAMES],
                           label_names)
     write_events_file(path.parent / EVENTS_NAME, events)
     return path

@@ -157,9 +157,10 @@ class LogRegHead(ProbeHead):
 
         from embedcache import metrics
 
-        scaler = StandardScaler().fit(train.pooled(self.pooling).astype(np.float64))
-        features = scaler.transform(train.pooled(self.pooling).astype(np.float64))
+        scaler = StandardScaler()
+        features = scaler.fit_transform(train.pooled(self.pooling).astype(np.float64))
         grid = self.candidates(valid is not None)
+        valid_features = scaler.transform(valid.pooled(self.pooling).astype(np.float64)) if len(grid) > 1 else None
         path = LogisticPath(train.labels, train.multilabel, self.max_iter)
         best, best_score = None, -math.inf
         for c in grid:
@@ -167,8 +168,7 @@ class LogRegHead(ProbeHead):
             if len(grid) == 1:
                 best = (c, coef, intercept)
                 break
-            scores = logistic_scores(scaler.transform(valid.pooled(self.pooling).astype(np.float64)), coef,
-                                     intercept, train.multilabel)
+            scores = logistic_scores(valid_features, coef, intercept, train.multilabel)
             if train.multilabel:
                 score = metrics.multilabel_metrics(valid.labels, scores)["map"]
             else:

@@ -220,12 +220,13 @@ def _check_chunk_values(
     report.bytes_decoded += int(data.nbytes) if data.dtype.kind != "T" else 0
     if not values:
         return
-    bad = nonfinite_per_clip(data)
-    what = "NaN/inf scales" if path.startswith(("scales/", "prefix_scales/")) else "NaN/inf tokens"
-    if data.dtype == np.int8:  # symmetric codes: -128 is never written
+    if data.dtype == np.int8:  # symmetric codes: -128 is never written (and integers are always finite)
         bad, what = (data == -128).reshape(len(data), -1).any(axis=1), "int8 codes of -128 (outside -127..127)"
-    elif path.startswith(("scales/", "prefix_scales/")) and (data < 0).any():
-        bad, what = bad | (data < 0).reshape(len(data), -1).any(axis=1), "negative or NaN/inf scales"
+    else:
+        bad = nonfinite_per_clip(data)
+        what = "NaN/inf scales" if path.startswith(("scales/", "prefix_scales/")) else "NaN/inf tokens"
+        if path.startswith(("scales/", "prefix_scales/")) and (data < 0).any():
+            bad, what = bad | (data < 0).reshape(len(data), -1).any(axis=1), "negative or NaN/inf scales"
     if bad.any():
         clips = np.flatnonzero(bad) + start
         key = chunk_keys(array, path, start, start + 1)[0]
