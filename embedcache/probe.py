@@ -741,7 +741,7 @@ def run_probe(
 
     # Phase 2: per named head and layer, the (lr, wd) with the best mean validation metric over seeds; test it once
     # per seed.
-    results, predictions, detections = [], {}, []
+    choices = []
     for head in resolved["heads"]:
         candidates = head_grid(head)
         chosen_by = metric_of(head["kind"])
@@ -761,12 +761,19 @@ def run_probe(
             members = [(seed, bank, k) for unit, bank in bank_list for seed, k in unit["members"]
                        if (unit["names"][k], unit["layers"][k]) == (head["name"], key)
                        and (unit["specs"][k].lr, unit["specs"][k].weight_decay) == chosen]
-            result, scores = _evaluate_chosen(head, chosen, members, valid, test, multilabel, chosen_by,
-                                              layer=list(key) if isinstance(key, tuple) else key)
-            if frames and test is not None:
-                detections += _evaluate_frames(result, members, test, resolved["sed"])
-            results.append(result)
-            predictions.update({(result.key, seed): value for seed, value in scores.items()})
+            choices.append((head, key, chosen, chosen_by, members))
+    # Every chosen head of a bank is scored in one pass over the test split (each head's scores are its own).
+    chosen_heads = [member for *_, members in choices for member in members]
+    test_scores = _test_scores(chosen_heads, test, frames=False)
+    test_frames = _test_scores(chosen_heads, test, frames=True) if frames else {}
+    results, predictions, detections = [], {}, []
+    for head, key, chosen, chosen_by, members in choices:
+        result, scores = _evaluate_chosen(head, chosen, members, valid, test, multilabel, chosen_by, test_scores,
+                                          layer=list(key) if isinstance(key, tuple) else key)
+        if frames and test is not None:
+            detections += _evaluate_frames(result, members, test, resolved["sed"], test_frames)
+        results.append(result)
+        predictions.update({(result.key, seed): value for seed, value in scores.items()})
 
     report = ProbeReport(out_dir, resolved, results, dict(bank_list[0][1].data_paths_), sweep, None, notes)
     if test is not None:
@@ -844,12 +851,30 @@ def run_folds(
     return report
 
 
+def _test_scores(members: list, test: SplitData | None, frames: bool) -> dict[tuple[int, int], np.ndarray]:
+    """(id(bank), head index) -> test scores [N, C] (frames: frame scores [N, n_time, C]) of every healthy head in
+    members ((seed, bank, head index)): one pass over the test split per bank, not one per head."""
+    if test is None:
+        return {}
+    by_bank: dict[int, tuple[HeadBank, list[int]]] = {}
+    for _, bank, k in members:
+        if k not in bank.diverged_:
+            by_bank.setdefault(id(bank), (bank, []))[1].append(k)
+    found = {}
+    for key, (bank, ks) in by_bank.items():
+        ks = sorted(set(ks))
+        values = bank.predict_frames(test, which=ks) if frames else bank.predict(test, which=ks)
+        found.update({(key, k): value for k, value in zip(ks, values, strict=True)})
+    return found
+
+
 def _evaluate_chosen(head: dict, chosen: tuple[float, float], members: list, valid: SplitData | None,
-                     test: SplitData | None, multilabel: bool, metric: str,
+                     test: SplitData | None, multilabel: bool, metric: str, test_scores: dict,
                      layer: int | list[int] | None = None) -> tuple[HeadResult, dict]:
     """The chosen configuration's metrics per seed (members: (seed, bank, head index)) and its test scores per
-    seed; a diverged seed has NaN metrics, is marked, and is left out of the mean over seeds. layer: the result's
-    layer in a run over several (a list: the layers a mixing head mixes), None in a run over one."""
+    seed (from `test_scores`, `_test_scores`); a diverged seed has NaN metrics, is marked, and is left out of the
+    mean over seeds. layer: the result's layer in a run over several (a list: the layers a mixing head mixes), None
+    in a run over one."""
     per_seed, per_class, scores = [], {"valid": [], "test": []}, {}
     num_parameters = 0
     for seed, bank, k in members:
@@ -865,7 +890,7 @@ def _evaluate_chosen(head: dict, chosen: tuple[float, float], members: list, val
             per_class["valid"].append(valid_metrics.get("per_class_ap"))
             entry["valid"] = scalars(valid_metrics)
         if test is not None and not diverged:
-            seed_scores = bank.predict(test, which=[k])[0]
+            seed_scores = test_scores[(id(bank), k)]
             if np.isfinite(seed_scores).all():
                 scores[seed] = seed_scores
                 test_metrics = split_metrics(test.labels, seed_scores, multilabel, test.recordings)
@@ -917,14 +942,16 @@ def _sed_scores(test: SplitData, frame_scores: np.ndarray, settings: dict) -> tu
     return found, lines
 
 
-def _evaluate_frames(result: HeadResult, members: list, test: SplitData, settings: dict) -> list[dict]:
-    """Add each healthy seed's sound-event metrics to `result` (its test metrics and their mean and std over seeds);
-    returns the events it detects: one row per (seed, clip, event) with onset and offset in seconds."""
+def _evaluate_frames(result: HeadResult, members: list, test: SplitData, settings: dict,
+                     test_frames: dict) -> list[dict]:
+    """Add each healthy seed's sound-event metrics to `result` (its test metrics and their mean and std over seeds),
+    from its frame scores in `test_frames` (`_test_scores`); returns the events it detects: one row per (seed, clip,
+    event) with onset and offset in seconds."""
     names, found = test.store.label_names, []
     for entry, (seed, bank, k) in zip(result.per_seed, members, strict=True):
         if entry.get("diverged"):
             continue
-        metrics_of_seed, lines = _sed_scores(test, bank.predict_frames(test, which=[k])[0], settings)
+        metrics_of_seed, lines = _sed_scores(test, test_frames[(id(bank), k)], settings)
         entry["test"].update(scalars(metrics_of_seed))
         found += sed.event_rows(result.key, seed, lines, names, settings["threshold"])
     healthy = [entry["test"] for entry in result.per_seed if not entry.get("diverged")]
