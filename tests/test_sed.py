@@ -156,6 +156,12 @@ def test_desed_and_urbansed_adapters_write_manifest_labels_and_events(tmp_path):
                         ("train/1", "0.000000", "1.000000", "Speech")]
     assert len(read_events(path.parent / "events.tsv", manifest)) == 4
 
+    # An infinite offset is refused by the adapter with its line, as read_events refuses it.
+    tsv = desed / "metadata/validation/validation.tsv"
+    tsv.write_text("filename\tonset\toffset\tevent_label\nY1.wav\t0.1\tinf\tDog\n")
+    with pytest.raises(ConfigError, match=r"validation.tsv line 2: onset 0.1 s and offset inf s: need 0 <= onset"):
+        from_desed(desed, out=tmp_path / "again" / "manifest.csv")
+
     urban = tmp_path / "URBAN-SED"
     for folder in ("train", "validate", "test"):
         _wav(urban / "audio" / folder / f"soundscape_{folder}0.wav", 2.0)

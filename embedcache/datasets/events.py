@@ -73,14 +73,11 @@ def read_events(path: str | Path, manifest: Manifest, ignore: Sequence[str] = ()
             continue
         if not (fields["onset"] or fields["offset"] or fields["event_label"]):
             continue  # an annotated clip without events
-        try:
-            onset, offset = float(fields["onset"]), float(fields["offset"])
-        except ValueError:
-            problems.append((where, f"onset {fields['onset']!r} / offset {fields['offset']!r} are not numbers"))
+        times = parse_times(fields["onset"], fields["offset"])
+        if isinstance(times, str):
+            problems.append((where, times))
             continue
-        if not (math.isfinite(onset) and math.isfinite(offset)) or onset < 0 or offset <= onset:
-            problems.append((where, f"onset {onset:g} s and offset {offset:g} s: need 0 <= onset < offset"))
-            continue
+        onset, offset = times
         if fields["event_label"] not in known:
             problems.append((where, f"label {fields['event_label']!r} is not in the label vocabulary"))
             continue
@@ -223,15 +220,23 @@ def _annotation_events(path: Path) -> list[tuple[float, float, str]]:
     return found
 
 
-def _seconds(fields: dict[str, str], path: Path, number: int) -> tuple[float, float, str]:
+def parse_times(onset_text: str, offset_text: str) -> tuple[float, float] | str:
+    """(onset, offset) in seconds from an events row, or what is wrong with them: not numbers, not finite, or not
+    0 <= onset < offset."""
     try:
-        onset, offset = float(fields["onset"]), float(fields["offset"])
+        onset, offset = float(onset_text), float(offset_text)
     except ValueError:
-        raise ConfigError(f"{path} line {number}: onset {fields['onset']!r} / offset {fields['offset']!r} are not "
-                          "numbers") from None
-    if onset < 0 or offset <= onset:
-        raise ConfigError(f"{path} line {number}: onset {onset:g} s and offset {offset:g} s: need 0 <= onset < offset")
-    return onset, offset, fields["event_label"]
+        return f"onset {onset_text!r} / offset {offset_text!r} are not numbers"
+    if not (math.isfinite(onset) and math.isfinite(offset)) or onset < 0 or offset <= onset:
+        return f"onset {onset:g} s and offset {offset:g} s: need 0 <= onset < offset"
+    return onset, offset
+
+
+def _seconds(fields: dict[str, str], path: Path, number: int) -> tuple[float, float, str]:
+    times = parse_times(fields["onset"], fields["offset"])
+    if isinstance(times, str):
+        raise ConfigError(f"{path} line {number}: {times}")
+    return times[0], times[1], fields["event_label"]
 
 
 def _one_match(root: Path, pattern: str) -> Path:
