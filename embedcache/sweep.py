@@ -640,8 +640,9 @@ def run_sweep(
     until no trial is running, unless final_now (a killed worker leaves its trials running in the study for good).
     expect_store: the store a best.yaml was chosen on (`read_store_record`); another store is refused.
     """
-    return run_sweeps(store_path, None if head is None else [head], out_dir, config, sweep, storage, study_name,
-                      final, final_now, log, expect_store)[0]
+    return run_sweeps(store_path, None if head is None else [head], out_dir=out_dir, config=config, sweep=sweep,
+                      storage=storage, study_name=study_name, final=final, final_now=final_now, log=log,
+                      expect_store=expect_store)[0]
 
 
 def run_sweeps(

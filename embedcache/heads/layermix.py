@@ -16,9 +16,6 @@ from torch import nn
 from embedcache.errors import ConfigError
 from embedcache.heads.base import ProbeHead, TokenBatch
 
-# Arguments every head takes from the store, not from its options.
-_STRUCTURAL = ("kind", "num_classes", "embed_dim", "has_prefix")
-
 
 class LayerStack:
     """Every chosen layer of one batch: one TokenBatch per layer (shared with the heads that read that layer alone),
@@ -91,8 +88,7 @@ class LayerMixHead(ProbeHead):
                                      generator=generator, **(inner_options or {}))
         self.layer_norm = bool(layer_norm)
         self.layer_logits = nn.Parameter(torch.zeros(len(self.layers or [0])))
-        resolved = {key: value for key, value in self.inner.config.items() if key not in _STRUCTURAL}
-        self._options = {"inner": inner, "inner_options": resolved, "layers": self.layers,
+        self._options = {"inner": inner, "inner_options": dict(self.inner._options), "layers": self.layers,
                          "layer_norm": self.layer_norm}
 
     @property
