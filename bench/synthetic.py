@@ -135,8 +135,7 @@ def write_synthetic_store(
         # tokens, prefix: (values as stored, int8 scales or None), as layout.encode gives them
         start, stop = store_spec.chunk_range(chunk)
         write_chunk(group, store_spec, chunk, {0: tokens[0]}, {0: prefix[0]} if spec.num_prefix else {},
-                    valid[start:stop], scales={0: tokens[1]},
-                    prefix_scales={0: prefix[1]} if spec.num_prefix else {})
+                    valid[start:stop], scales={0: tokens[1]})
 
     # Generation stays on this thread (one device stream); chunk writes (codecs, file I/O) overlap it.
     with ThreadPoolExecutor(max_workers=max(1, write_threads)) as pool:
@@ -147,7 +146,7 @@ def write_synthetic_store(
             prefix = synthetic_prefix(spec, directions, labels, start, stop, device) if spec.num_prefix else None
             pending.append(pool.submit(
                 store_chunk, chunk, layout.encode(tokens, dtype),
-                None if prefix is None else layout.encode(prefix, dtype),
+                None if prefix is None else layout.encode(prefix, layout.prefix_dtype(dtype)),
             ))
             if len(pending) > 2 * max(1, write_threads):
                 pending.pop(0).result()

@@ -636,7 +636,7 @@ class _ChunkBuffer:
         spec = self.spec
         # Converted (int8: quantised) where the encoder ran, so only the stored bytes leave the GPU.
         tokens = {layer: layout.encode(tokens[layer], spec.dtype) for layer in spec.layers}
-        prefix = {layer: layout.encode(prefix[layer], spec.dtype) for layer in spec.layers} \
+        prefix = {layer: layout.encode(prefix[layer], layout.prefix_dtype(spec.dtype)) for layer in spec.layers} \
             if spec.num_prefix else {}
         for row, index in enumerate(indices):
             chunk = index // spec.chunk_clips
@@ -650,8 +650,8 @@ class _ChunkBuffer:
             if len(self._parts[chunk]) == stop - start:
                 yield chunk, self._assemble(self._parts.pop(chunk))
 
-    def _assemble(self, parts: list) -> tuple[dict, dict, np.ndarray, dict | None, dict | None]:
-        """(tokens, prefix, valid_tokens, scales, prefix scales) of one chunk, as `write_chunk` takes them."""
+    def _assemble(self, parts: list) -> tuple[dict, dict, np.ndarray, dict | None]:
+        """(tokens, prefix, valid_tokens, scales) of one chunk, as `write_chunk` takes them."""
         parts.sort(key=lambda part: part[0])
 
         def stacked(index: int, which: int) -> dict:
@@ -659,7 +659,7 @@ class _ChunkBuffer:
 
         quantized = layout.is_quantized(self.spec.dtype)
         return (stacked(1, 0), stacked(2, 0), np.array([p[3] for p in parts], np.int32),
-                stacked(1, 1) if quantized else None, stacked(2, 1) if quantized else None)
+                stacked(1, 1) if quantized else None)
 
 
 def _row(encoded: tuple[np.ndarray, np.ndarray | None], row: int) -> tuple[np.ndarray, np.ndarray | None]:

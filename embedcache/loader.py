@@ -136,8 +136,9 @@ class RawBatch:
     """Clips as stored: tokens [B, T, D] and prefix [B, P, D] in the stored dtype, mask [B, T], targets [B, C].
 
     From a split over several layers, tokens are [B, L, T, D] and prefix [B, L, P, D] (L in SplitData.layers order).
-    An int8 store's batch holds the int8 codes with their float16 scales [B, (L,) T] and [B, (L,) P]: what is read and
-    moved to the device is int8, and `float_tokens` dequantises where the batch is (on the GPU when it is there).
+    An int8 store's batch holds the int8 codes with their float16 scales [B, (L,) T]: what is read and moved to the
+    device is int8, and `float_tokens` dequantises where the batch is (on the GPU when it is there). Its prefix is
+    float16, as stored (a format 3 store's int8 prefix is dequantised when read: it is a few tokens per clip).
     """
 
     tokens: torch.Tensor
@@ -146,7 +147,6 @@ class RawBatch:
     targets: torch.Tensor
     positions: np.ndarray
     scales: torch.Tensor | None = None
-    prefix_scales: torch.Tensor | None = None
 
     @property
     def quantized(self) -> bool:
@@ -159,7 +159,7 @@ class RawBatch:
 
     def float_prefix(self, layer: int | None = None) -> torch.Tensor | None:
         """Prefix tokens as float32 (see `float_tokens`), or None."""
-        return None if self.prefix is None else _as_float(self.prefix, self.prefix_scales, layer)
+        return None if self.prefix is None else _as_float(self.prefix, None, layer)
 
 
 def _as_float(values: torch.Tensor, scales: torch.Tensor | None, layer: int | None) -> torch.Tensor:
@@ -238,7 +238,7 @@ class SplitData:
         stop = min(self.store.n_clips, start + self.store.chunk_clips)
         positions = np.flatnonzero(self.chunk_of == chunk)
         rows = torch.from_numpy(self.indices[positions] - start)
-        (tokens, scales), (prefix, prefix_scales) = self._read_layers(start, stop)
+        tokens, scales, prefix = self._read_layers(start, stop)
         if len(rows) == stop - start:
             rows = slice(None)
         return RawBatch(
@@ -248,18 +248,13 @@ class SplitData:
             targets=self._targets[positions],
             positions=positions,
             scales=_take(scales, rows),
-            prefix_scales=_take(prefix_scales, rows),
         )
 
-    def _read_layers(self, start: int, stop: int) -> tuple[tuple, tuple]:
-        """((tokens, scales), (prefix, prefix scales)) of store rows start:stop as stored: tokens [n, T, D] (several
-        layers: [n, L, T, D]); scales [n, (L,) T] for int8 stores, else None; prefix (None when P = 0) likewise."""
-        parts = [self.store.read_stored(layer, start, stop) for layer in self.layers]
-        prefixes = [self.store.read_stored(layer, start, stop, prefix=True) for layer in self.layers] \
-            if self.store.num_prefix else [(None, None)] * len(self.layers)
-        return self._stack(parts), self._stack(prefixes)
-
-    def _stack(self, parts: list[tuple]) -> tuple:
+    def _read_layers(self, start: int, stop: int) -> tuple:
+        """(tokens, scales, prefix) of store rows start:stop as stored: tokens [n, T, D] (several layers:
+        [n, L, T, D]); scales [n, (L,) T] for int8 stores, else None; prefix [n, (L,) P, D], None when P = 0."""
+        parts = [(*self.store.read_stored(layer, start, stop), self.store.read_prefix(layer, start, stop))
+                 for layer in self.layers]
         if not self.stacked:
             return parts[0]
         return tuple(None if part[0] is None else torch.stack(part, dim=1) for part in zip(*parts))
@@ -273,7 +268,6 @@ class SplitData:
             targets=_cat([p.targets for p in parts]),
             positions=np.concatenate([p.positions for p in parts]),
             scales=_cat([p.scales for p in parts]),
-            prefix_scales=_cat([p.prefix_scales for p in parts]),
         )
         if self.device.type == "cuda":
             window.tokens = window.tokens.pin_memory()
@@ -284,20 +278,20 @@ class SplitData:
         n, store = self.n_clips, self.store
         per_clip = (len(self.layers),) if self.stacked else ()
         tokens = torch.empty((n, *per_clip, store.num_tokens, store.embed_dim), dtype=layout.torch_dtype(store.dtype))
-        prefix = (torch.empty((n, *per_clip, store.num_prefix, store.embed_dim), dtype=tokens.dtype)
+        # A format 3 int8 store's prefix is read dequantised (float32); otherwise prefix tokens keep their dtype.
+        prefix_dtype = torch.float32 if store.quantized_prefix else layout.torch_dtype(store.prefix_dtype)
+        prefix = (torch.empty((n, *per_clip, store.num_prefix, store.embed_dim), dtype=prefix_dtype)
                   if store.num_prefix else None)
         quantized = layout.is_quantized(store.dtype)
         scale_dtype = layout.torch_dtype(layout.SCALE_DTYPE)
         scales = torch.empty((n, *per_clip, store.num_tokens), dtype=scale_dtype) if quantized else None
-        prefix_scales = (torch.empty((n, *per_clip, store.num_prefix), dtype=scale_dtype)
-                         if quantized and prefix is not None else None)
         mask = torch.empty((n, store.num_tokens), dtype=torch.bool)
         for chunk in np.unique(self.chunk_of):
             part = self._read_chunk(int(chunk))
             rows = torch.from_numpy(part.positions)
             tokens[rows] = part.tokens
             mask[rows] = part.mask
-            for whole, piece in ((prefix, part.prefix), (scales, part.scales), (prefix_scales, part.prefix_scales)):
+            for whole, piece in ((prefix, part.prefix), (scales, part.scales)):
                 if whole is not None:
                     whole[rows] = piece
         return RawBatch(
@@ -307,7 +301,6 @@ class SplitData:
             targets=self._targets.to(self.device),
             positions=np.arange(n),
             scales=None if scales is None else scales.to(self.device),
-            prefix_scales=None if prefix_scales is None else prefix_scales.to(self.device),
         )
 
     def _to_device(self, batch: RawBatch) -> RawBatch:
@@ -321,7 +314,6 @@ class SplitData:
             targets=batch.targets.to(**move),
             positions=batch.positions,
             scales=None if batch.scales is None else batch.scales.to(**move),
-            prefix_scales=None if batch.prefix_scales is None else batch.prefix_scales.to(**move),
         )
 
     def _select(self, source: RawBatch, rows: torch.Tensor, positions: np.ndarray) -> RawBatch:
@@ -333,7 +325,6 @@ class SplitData:
             targets=source.targets[rows],
             positions=positions,
             scales=_take(source.scales, rows),
-            prefix_scales=_take(source.prefix_scales, rows),
         )
 
     def batches(self, batch_size: int, seed: int | None = None, epoch: int = 0) -> Iterator[RawBatch]:
@@ -389,7 +380,6 @@ class SplitData:
                     targets=torch.cat([carry.targets, served.targets]),
                     positions=np.concatenate([carry.positions, served.positions]),
                     scales=_cat([carry.scales, served.scales]),
-                    prefix_scales=_cat([carry.prefix_scales, served.prefix_scales]),
                 )
             n_full = len(served.positions) // batch_size * batch_size
             for start in range(0, n_full, batch_size):
@@ -408,7 +398,6 @@ def _slice(batch: RawBatch, start: int, stop: int) -> RawBatch:
         targets=batch.targets[rows],
         positions=batch.positions[rows],
         scales=_take(batch.scales, rows),
-        prefix_scales=_take(batch.prefix_scales, rows),
     )
 
 
@@ -456,8 +445,7 @@ def _prefetched(
 
 def split_nbytes(store: TokenStore, n_clips: int) -> int:
     """Bytes of n clips' tokens and prefix of one layer in the stored dtype (int8: with their scales)."""
-    per_clip = store.token_nbytes() // max(1, store.n_clips)
-    per_clip += per_clip * store.num_prefix // max(1, store.num_tokens)
+    per_clip = (store.token_nbytes() + store.prefix_nbytes()) / max(1, store.n_clips)
     return int(n_clips * per_clip)
 
 

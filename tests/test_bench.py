@@ -181,7 +181,7 @@ def test_synthetic_int8_store_holds_the_generator_tokens_quantised(tmp_path):
     codes, scales = layout.quantize(synthetic_chunk(spec, class_directions(spec), labels, onsets, 6, 12))
     stored_codes, stored_scales = store.read_stored(None, 6, 12)
     assert torch.equal(stored_codes, codes) and torch.equal(stored_scales, scales)
-    assert store.read_stored(None, 0, 20, prefix=True)[1].shape == (20, 1)
+    assert store.read_prefix(None, 0, 20).dtype == torch.float16 and store.read_prefix(None, 0, 20).shape == (20, 1, 8)
 
 
 def test_int8_gemm_benchmark_checks_exactness_and_compares_the_same_shape():

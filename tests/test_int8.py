@@ -47,6 +47,11 @@ def make(path, n=20, dtype="float16", chunk_clips=3, seed=0, first=0, splits=Non
     )
 
 
+def stored(store, layer, n):
+    """(codes, scales, prefix) of a store's first n rows, as stored."""
+    return (*store.read_stored(layer, 0, n), store.read_prefix(layer, 0, n))
+
+
 # -- the code itself ----------------------------------------------------------------------------------------
 def test_int8_round_trip_error_is_bounded_per_token():
     generator = torch.Generator().manual_seed(0)
@@ -83,10 +88,12 @@ def test_nan_inf_and_float16_overflow_are_refused_before_a_chunk_is_marked(tmp_p
 def test_int8_store_layout_reads_and_a_plain_numpy_reader(tmp_path):
     reference = make(tmp_path / "f32.zarr", dtype="float32")
     store = make(tmp_path / "s.zarr", dtype="int8")
-    assert store.format_version == 3 and store.dtype == "int8"
+    assert store.format_version == 4 and store.dtype == "int8"
     group = zarr.open_group(str(store.path), mode="r")
     assert group["tokens/layer_1"].dtype == np.int8 and group["scales/layer_1"].shape == (20, 6)
-    assert group["prefix_scales/layer_3"].shape == (20, 1) and group["scales/layer_3"].dtype == np.float16
+    assert group["scales/layer_3"].dtype == np.float16
+    # Prefix (cls) tokens stay float16: exactly a float16 store's, with no scales beside them.
+    assert group["prefix/layer_3"].dtype == np.float16 and "prefix_scales" not in group
     for layer in (1, 3):
         exact = reference.read_tokens(layer, 0, 20)
         read = store.read_tokens(layer, 0, 20)  # dequantised, float32
@@ -95,10 +102,10 @@ def test_int8_store_layout_reads_and_a_plain_numpy_reader(tmp_path):
         codes, scales = store.read_stored(layer, 0, 20)
         assert codes.dtype == torch.int8 and torch.equal(scales, layout.quantize(exact)[1])
         assert ((read - exact).abs() <= scales.float().unsqueeze(-1) / 2 * (1 + 1e-6)).all()
-        prefix_scales = store.read_stored(layer, 0, 20, prefix=True)[1]
-        prefix_error = (store.read_prefix(layer, 0, 20) - reference.read_prefix(layer, 0, 20)).abs()
-        assert (prefix_error <= prefix_scales.float().unsqueeze(-1) / 2 * (1 + 1e-6)).all()
+        prefix = store.read_prefix(layer, 0, 20)
+        assert prefix.dtype == torch.float16 and torch.equal(prefix, reference.read_prefix(layer, 0, 20).half())
     assert store.token_nbytes() == 20 * 6 * (8 + 2)  # codes and one float16 scale per token
+    assert store.prefix_nbytes() == 20 * 1 * 8 * 2  # float16 prefix
     assert verify_store(store.path).ok
 
 
@@ -123,7 +130,7 @@ def test_verify_names_int8_damage(tmp_path):
 def test_loader_keeps_int8_and_dequantises_in_the_batch(tmp_path, in_memory):
     store = make(tmp_path / "s.zarr", n=40, dtype="int8", chunk_clips=4)
     data = SplitData(store, "train", layer=3, in_memory=in_memory, window_chunks=2)
-    assert data.nbytes == data.n_clips * (6 * (8 + 2) + 1 * (8 + 2))  # int8 + scales: half of float16 and change
+    assert data.nbytes == data.n_clips * (6 * (8 + 2) + 1 * 8 * 2)  # int8 + scales, float16 prefix
     served = 0
     for raw in data.batches(7, seed=1):
         assert raw.tokens.dtype == torch.int8 and raw.scales.dtype == torch.float16 and raw.quantized
@@ -203,7 +210,7 @@ def test_convert_to_int8_and_back_keeps_everything_but_the_dtype(tmp_path):
     report = convert_store(source.path, tmp_path / "s8.zarr", "int8")
     assert report.chunks_written == report.chunks_total == 7 and report.destination_bytes > 0  # tiny: metadata
     int8 = TokenStore.open(tmp_path / "s8.zarr")
-    assert int8.dtype == "int8" and int8.format_version == 3 and verify_store(int8.path).ok
+    assert int8.dtype == "int8" and int8.format_version == 4 and verify_store(int8.path).ok
     for layer in (1, 3):
         codes, scales = int8.read_stored(layer, 0, 20)
         expected = layout.quantize(source.read_tokens(layer, 0, 20).float())
@@ -248,7 +255,7 @@ def test_convert_resumes_after_kill_9_and_verifies(tmp_path):
     assert finished <= 30 - 3  # only the pending chunks were converted
     assert verify_store(killed).ok
     a, b = zarr.open_group(clean.destination, mode="r"), zarr.open_group(str(killed), mode="r")
-    for name in ("tokens/layer_1", "scales/layer_3", "prefix/layer_3", "prefix_scales/layer_1", "valid_tokens",
+    for name in ("tokens/layer_1", "scales/layer_3", "prefix/layer_3", "prefix/layer_1", "valid_tokens",
                  "chunk_done", "labels"):
         np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
     assert CliRunner().invoke(main, ["verify", str(killed)]).exit_code == 0
@@ -273,13 +280,13 @@ def test_hdf5_export_import_of_an_int8_store(tmp_path):
     export_hdf5(store.path, tmp_path / "s.h5")
     with h5py.File(tmp_path / "s.h5", "r") as handle:
         assert handle["tokens/layer_3"].dtype == np.int8 and handle["scales/layer_3"].dtype == np.float16
-        assert handle["prefix_scales/layer_1"].shape == (20, 1) and handle.attrs["dtype"] == "int8"
+        assert handle["prefix/layer_1"].dtype == np.float16 and "prefix_scales" not in handle
+        assert handle.attrs["dtype"] == "int8" and handle["prefix/layer_1"].attrs["dtype"] == "float16"
         assert handle["tokens/layer_3"].attrs["encoding"] == "int8 codes: value = code * /scales/layer_3"
     back = import_hdf5(tmp_path / "s.h5", tmp_path / "back.zarr")
     for layer in (1, 3):
-        for prefix in (False, True):
-            for mine, theirs in zip(back.read_stored(layer, 0, 20, prefix), store.read_stored(layer, 0, 20, prefix)):
-                assert torch.equal(mine, theirs)
+        for mine, theirs in zip(stored(back, layer, 20), stored(store, layer, 20)):
+            assert torch.equal(mine, theirs)
     assert back.fingerprint == store.fingerprint and verify_store(back.path).ok
 
 
@@ -299,9 +306,8 @@ def test_append_clips_and_layers_to_an_int8_store(tmp_path):
     append_store(tmp_path / "a.zarr", part.path)
     grown = TokenStore.open(tmp_path / "a.zarr")
     for layer in (1, 3):
-        for prefix in (False, True):
-            for mine, theirs in zip(grown.read_stored(layer, 0, 17, prefix), whole.read_stored(layer, 0, 17, prefix)):
-                assert torch.equal(mine, theirs)
+        for mine, theirs in zip(stored(grown, layer, 17), stored(whole, layer, 17)):
+            assert torch.equal(mine, theirs)
     assert verify_store(grown.path).ok
     make(tmp_path / "one.zarr", n=12, dtype="int8", layers=(1,))
     make(tmp_path / "more.zarr", n=12, dtype="int8", layers=(3,), chunk_clips=5)
@@ -322,6 +328,7 @@ def test_probe_predict_and_info_on_an_int8_store(tmp_path):
                                 "--no-progress"]).exit_code == 0
     info = runner.invoke(main, ["info", str(tmp_path / "s8.zarr")])
     assert "int8 (codes, one float16 scale per token)" in info.output and "converted   float16 -> int8" in info.output
+    assert "prefix tokens 1 (float16)" in info.output
     run = runner.invoke(main, ["probe", str(tmp_path / "s8.zarr"), "--head", "linear,protobin,knn", "--epochs", "2",
                                "--batch-size", "8", "--device", "cpu", "--lr", "1e-2", "--out", str(tmp_path / "run")])
     assert run.exit_code == 0, run.output
@@ -329,3 +336,60 @@ def test_probe_predict_and_info_on_an_int8_store(tmp_path):
                                      "--out", str(tmp_path / "p.csv")])
     assert predicted.exit_code == 0, predicted.output
     assert os.path.getsize(tmp_path / "p.csv") > 0
+
+
+# -- format 3 int8 stores (int8 prefix tokens with prefix_scales) are still read, and rewritten by convert ------
+def as_format3(path):
+    """Turn a format 4 int8 store into what format 3 wrote: its prefix as int8 codes with prefix_scales beside."""
+    from embedcache.store.writer import ARRAY_CONFIG, _codecs
+
+    group = zarr.open_group(str(path), mode="r+")
+    attrs = dict(group.attrs["embedcache"])
+    spec = attrs["layout"]
+    for layer in spec["layers"]:
+        codes, scales = layout.quantize(torch.from_numpy(group[f"prefix/layer_{layer}"][:].astype(np.float32)))
+        del group[f"prefix/layer_{layer}"]
+        for name, values in ((f"prefix/layer_{layer}", codes), (f"prefix_scales/layer_{layer}", scales)):
+            group.create_array(name, shape=values.shape, chunks=(spec["chunk_clips"], *values.shape[1:]),
+                               dtype=values.numpy().dtype, compressors=_codecs("zstd"), fill_value=0,
+                               config=ARRAY_CONFIG)[:] = values.numpy()
+    group.attrs["embedcache"] = {**attrs, "format_version": 3}
+    return codes, scales
+
+
+def test_a_format_3_int8_store_is_read_refused_for_writes_and_rewritten_by_convert(tmp_path):
+    make(tmp_path / "s.zarr", n=12, dtype="int8", layers=(1,), splits=["train", "valid", "test"] * 4)
+    codes, scales = as_format3(tmp_path / "s.zarr")
+    old = TokenStore.open(tmp_path / "s.zarr")
+    assert old.format_version == 3 and old.quantized_prefix and old.prefix_dtype == "int8"
+    assert verify_store(old.path).ok
+    dequantised = layout.dequantize(codes, scales)
+    assert torch.equal(old.read_prefix(1, 0, 12), dequantised)
+    for in_memory in (True, False):  # the loader reads the prefix dequantised; tokens stay int8
+        data = SplitData(old, "train", in_memory=in_memory)
+        batch = next(iter(data.batches(8)))
+        assert batch.tokens.dtype == torch.int8 and batch.prefix.dtype == torch.float32
+        assert torch.equal(batch.float_prefix(), dequantised[data.indices[batch.positions]])
+    assert "prefix tokens 1 (int8)" in CliRunner().invoke(main, ["info", str(old.path)]).output
+    make(tmp_path / "more.zarr", n=4, first=40, dtype="int8", layers=(1,))
+    with pytest.raises(StoreError, match=r"s\.zarr: a format 3 int8 store whose prefix tokens are int8 too.*"
+                                         r"embedcache convert .*--dtype int8"):
+        append_store(tmp_path / "s.zarr", tmp_path / "more.zarr")
+    from embedcache.store.writer import open_for_resume
+    with pytest.raises(StoreError, match="format 3 int8 store.*or pass --overwrite"):
+        open_for_resume(tmp_path / "s.zarr", old.fingerprint, {})
+    # convert (int8 -> int8, only for such a store) keeps every code and scale, and the prefix as float16.
+    result = CliRunner().invoke(main, ["convert", str(old.path), str(tmp_path / "new.zarr"), "--dtype", "int8",
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    new = TokenStore.open(tmp_path / "new.zarr")
+    assert new.format_version == 4 and not new.quantized_prefix and verify_store(new.path).ok
+    for mine, theirs in zip(new.read_stored(1, 0, 12), old.read_stored(1, 0, 12)):
+        assert torch.equal(mine, theirs)
+    assert torch.equal(new.read_prefix(1, 0, 12), dequantised.half())
+    # An HDF5 export keeps format 3's arrays; importing it gives a format 4 store with the same float16 prefix.
+    export_hdf5(old.path, tmp_path / "old.h5")
+    back = import_hdf5(tmp_path / "old.h5", tmp_path / "back.zarr")
+    assert back.format_version == 4 and verify_store(back.path).ok
+    assert torch.equal(back.read_prefix(1, 0, 12), dequantised.half())
+    assert torch.equal(back.read_stored(1, 0, 12)[0], old.read_stored(1, 0, 12)[0])

@@ -34,7 +34,7 @@ from embedcache.store.writer import (
 
 METHODS = {
     "int8": f"symmetric per token: codes -{layout.INT8_MAX}..{layout.INT8_MAX}, float16 scale = absmax / "
-            f"{layout.INT8_MAX} rounded up",
+            f"{layout.INT8_MAX} rounded up; prefix tokens kept in {layout.QUANTIZED_PREFIX_DTYPE}",
 }
 
 
@@ -98,7 +98,7 @@ def convert_store(
         raise ConfigError(f"--dtype {dtype!r}: choose one of {', '.join(layout.DTYPES)}")
     refuse_same_place(source_url, out)
     store = TokenStore.open(source_url)
-    if store.dtype == dtype:
+    if store.dtype == dtype and not store.quantized_prefix:  # a format 3 int8 store may be rewritten as int8
         raise ConfigError(f"{source_url}: already holds {dtype} tokens; `embedcache copy` copies a store as it is")
     fields, fingerprint = converted_settings(store, dtype)
     spec = StoreSpec.from_attrs({**store.spec.to_attrs(), "dtype": dtype})
@@ -130,15 +130,11 @@ def convert_store(
 def _convert_chunk(store: TokenStore, group, spec: StoreSpec, chunk: int) -> None:
     """Read one chunk of every layer as float32, encode it in the new dtype, write it and mark it done."""
     start, stop = spec.chunk_range(chunk)
-    parts: dict[str, dict] = {"tokens": {}, "prefix": {}, "scales": {}, "prefix_scales": {}}
+    tokens, prefix, scales = {}, {}, {}
     for layer in spec.layers:
-        sources = [("tokens", "scales", store.read_tokens(layer, start, stop))]
+        tokens[layer], scales[layer] = layout.encode(store.read_tokens(layer, start, stop).float(), spec.dtype)
         if spec.num_prefix:
-            sources.append(("prefix", "prefix_scales", store.read_prefix(layer, start, stop)))
-        for values_part, scales_part, tokens in sources:
-            values, scales = layout.encode(tokens.float(), spec.dtype)
-            parts[values_part][layer] = values
-            if scales is not None:
-                parts[scales_part][layer] = scales
-    write_chunk(group, spec, chunk, parts["tokens"], parts["prefix"], store.valid_tokens[start:stop],
-                scales=parts["scales"], prefix_scales=parts["prefix_scales"])
+            prefix[layer], _ = layout.encode(store.read_prefix(layer, start, stop).float(),
+                                             layout.prefix_dtype(spec.dtype))
+    write_chunk(group, spec, chunk, tokens, prefix, store.valid_tokens[start:stop],
+                scales=scales if layout.is_quantized(spec.dtype) else None)

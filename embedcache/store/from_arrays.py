@@ -62,11 +62,10 @@ def write_store(
         start, stop = spec.chunk_range(chunk)
         chunk_tokens = {layer: layout.encode(_as_tensor(tokens[layer])[start:stop], dtype) for layer in layers}
         chunk_prefix = {
-            layer: layout.encode(_as_tensor(prefix[layer])[start:stop], dtype) for layer in layers
+            layer: layout.encode(_as_tensor(prefix[layer])[start:stop], layout.prefix_dtype(dtype)) for layer in layers
         } if prefix else {}
         write_chunk(group, spec, chunk, {layer: pair[0] for layer, pair in chunk_tokens.items()},
                     {layer: pair[0] for layer, pair in chunk_prefix.items()}, valid[start:stop],
-                    scales={layer: pair[1] for layer, pair in chunk_tokens.items()},
-                    prefix_scales={layer: pair[1] for layer, pair in chunk_prefix.items()})
+                    scales={layer: pair[1] for layer, pair in chunk_tokens.items()})
     mark_complete_if_done(group)
     return TokenStore.open(path)

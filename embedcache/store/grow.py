@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 
 from embedcache.errors import StoreError
-from embedcache.store import layout, urls
+from embedcache.store import layout, schema, urls
 from embedcache.store.reader import TokenStore
 from embedcache.store.writer import (
     StoreSpec,
@@ -71,6 +71,10 @@ def source_identity(source: TokenStore) -> str:
 
 
 def _choose_mode(store: TokenStore, source: TokenStore, dst: str, src: str) -> str:
+    for which, where in ((store, dst), (source, src)):
+        problem = schema.quantized_prefix_problem(which.spec, which.format_version, where)
+        if problem:
+            raise StoreError(problem)
     # Formats 2 and 3 hold the same per-row arrays (3 adds int8 tokens, and dtypes must match anyway).
     if (store.format_version >= 2) != (source.format_version >= 2):
         raise StoreError(f"{src}: store format {source.format_version}, but {dst} is format {store.format_version}; "

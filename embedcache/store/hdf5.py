@@ -4,7 +4,9 @@ File layout (mirrors the Zarr store; readable with h5py alone):
 
     /tokens/layer_<i>   [N, T, D] float16/float32, or uint16 holding bfloat16 bits (attribute dtype="bfloat16")
     /prefix/layer_<i>   [N, P, D] (absent when P = 0)
-    /scales/layer_<i> [N, T], /prefix_scales/layer_<i> [N, P] float16: int8 tokens' per-token scales (int8 only)
+    /prefix/layer_<i>   float16 in an int8 store (format 4 on)
+    /scales/layer_<i>   [N, T] float16: int8 tokens' per-token scales (int8 only); a format 3 int8 export also has
+                        /prefix_scales/layer_<i> [N, P] beside its int8 prefix, which an import turns to float16
     /valid_tokens [N] int32, /num_samples [N] int64, /labels [N, C] uint8, /splits [N] uint8, /clip_ids [N] UTF-8
     /recording_ids [N] UTF-8, /offsets [N] int64, /lost_samples [N] int64 (format 2)
     /events/recording_ids [E] UTF-8, /events/onsets, /events/offsets [E] int64, /events/labels [E] int32: sound
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 from embedcache.errors import StoreError
 from embedcache.events import Events
@@ -98,7 +101,6 @@ def export_hdf5(
 def _write_hdf5(store: TokenStore, partial: Path, compression: str | None) -> None:
     attrs = store_attrs(store._group)
     spec = store.spec
-    stored = layout.stored_numpy_dtype(spec.dtype)
     with h5py.File(partial, "w") as handle:
         handle.attrs["format"] = HDF5_FORMAT
         handle.attrs[layout.ATTRS_KEY] = json.dumps(attrs)
@@ -106,17 +108,20 @@ def _write_hdf5(store: TokenStore, partial: Path, compression: str | None) -> No
         handle.attrs["dtype"] = spec.dtype
         handle.attrs["label_names"] = np.asarray(spec.label_names, dtype=h5py.string_dtype("utf-8"))
         handle.attrs["split_names"] = np.asarray(spec.split_names, dtype=h5py.string_dtype("utf-8"))
-        arrays = [array for layer in spec.layers for array in layout.layer_arrays(layer, spec.dtype, spec.num_prefix)]
+        version = store.format_version
+        arrays = [array for layer in spec.layers
+                  for array in layout.layer_arrays(layer, spec.dtype, spec.num_prefix, version)]
         for path, part in arrays:
             shape = _part_shape(spec, part)
+            kind = layout.part_dtype(part, spec.dtype, version)
             dataset = handle.create_dataset(
-                path, shape=shape, dtype=layout.SCALE_DTYPE if part.endswith("scales") else stored,
+                path, shape=shape, dtype=layout.stored_numpy_dtype(kind),
                 chunks=(min(spec.chunk_clips, max(1, spec.n_clips)), *shape[1:]), compression=compression,
             )
-            dataset.attrs["dtype"] = layout.SCALE_DTYPE if part.endswith("scales") else spec.dtype
-            if spec.dtype == "bfloat16":
+            dataset.attrs["dtype"] = kind
+            if kind == "bfloat16":
                 dataset.attrs["encoding"] = "bfloat16 stored as its raw uint16 bits"
-            elif part in ("tokens", "prefix") and layout.is_quantized(spec.dtype):
+            elif part in ("tokens", "prefix") and layout.is_quantized(kind):
                 scales = layout.prefix_scales_path if part == "prefix" else layout.scales_path
                 dataset.attrs["encoding"] = f"int8 codes: value = code * /{scales(int(path.rsplit('_', 1)[1]))}"
             for chunk in range(spec.n_chunks):
@@ -212,7 +217,6 @@ class _Export:
 def _read_export(handle: h5py.File, path: Path) -> _Export:
     attrs, spec = _read_attrs(handle, path)
     n = spec.n_clips
-    stored = layout.stored_numpy_dtype(spec.dtype)
     version = attrs["format_version"]
     per_row = {name: _dataset(handle, path, name, (n,) if name != "labels" else (n, len(spec.label_names)), dtype)
                for name, dtype in PER_CLIP.items()}
@@ -221,8 +225,8 @@ def _read_export(handle: h5py.File, path: Path) -> _Export:
     if version >= 2:
         per_row.update({name: _dataset(handle, path, name, (n,), "int64") for name in ("offsets", "lost_samples")})
     layers = {layer: {part: _dataset(handle, path, name, _part_shape(spec, part),
-                                     layout.SCALE_DTYPE if part.endswith("scales") else stored)
-                      for name, part in layout.layer_arrays(layer, spec.dtype, spec.num_prefix)}
+                                     layout.stored_numpy_dtype(layout.part_dtype(part, spec.dtype, version)))
+                      for name, part in layout.layer_arrays(layer, spec.dtype, spec.num_prefix, version)}
               for layer in spec.layers}
     whole = sum(n * (STRING_BYTES if name in strings else per_row[name].dtype.itemsize) *
                 int(np.prod(per_row[name].shape[1:])) for name in per_row)
@@ -290,8 +294,12 @@ def _write_store(source: _Export, path: Path, out_url: str | Path) -> None:
         with _reading(path):
             parts = {part: {layer: datasets[part][start:stop] for layer, datasets in source.layers.items()
                             if part in datasets} for part in ("tokens", "prefix", "scales", "prefix_scales")}
+        # A format 3 int8 export's prefix is int8 codes: the store this writes keeps prefix tokens in float16.
+        for layer, scales in parts["prefix_scales"].items():
+            parts["prefix"][layer] = layout.to_stored(layout.dequantize(
+                torch.from_numpy(parts["prefix"][layer]), torch.from_numpy(scales)), layout.prefix_dtype(spec.dtype))
         with _writing(out_url):
             write_chunk(group, spec, chunk, parts["tokens"], parts["prefix"], arrays["valid_tokens"][start:stop],
-                        scales=parts["scales"], prefix_scales=parts["prefix_scales"])
+                        scales=parts["scales"])
     with _writing(out_url):
         mark_complete_if_done(group)

@@ -1,13 +1,13 @@
-"""The token store's layout: array names, dtypes, chunking and the attribute schema (format version 3).
+"""The token store's layout: array names, dtypes, chunking and the attribute schema (format version 4).
 
 A store is a plain Zarr v3 group that anyone can open with `zarr.open_group` and no embedcache:
 
     zarr.json                  attributes["embedcache"] =
                                  {format_version, status, layout, provenance, fingerprint, skipped}
     tokens/layer_<i>           [N, T, D] patch tokens of block i, time-major (t * n_freq + f); chunks = whole clips
-    prefix/layer_<i>           [N, P, D] prefix (cls, distillation) tokens of block i; absent when P = 0
+    prefix/layer_<i>           [N, P, D] prefix (cls, distillation) tokens of block i; absent when P = 0;
+                               float16 in an int8 store                                          (format 4)
     scales/layer_<i>           [N, T] float16 per-token scales of int8 tokens (dtype "int8" only)    (format 3)
-    prefix_scales/layer_<i>    [N, P] float16 per-token scales of int8 prefix tokens (int8, P > 0)   (format 3)
     valid_tokens               [N] int32: row n's first valid_tokens[n] tokens hold real audio, the rest is padding
     num_samples                [N] int64: real samples of the row's audio (the clip, or one window) before cropping
     recording_ids              [N] UTF-8: the manifest clip (recording) each row comes from        (format 2)
@@ -21,6 +21,9 @@ A store is a plain Zarr v3 group that anyone can open with `zarr.open_group` and
 bfloat16 has no numpy dtype: it is stored as its raw uint16 bits, with layout.dtype = "bfloat16".
 int8 tokens are symmetric codes -127..127 with one float16 scale per token (its absmax / 127, rounded up):
 token = codes * scale, `g["tokens/layer_0"][:8].astype(np.float32) * g["scales/layer_0"][:8][..., None]`.
+An int8 store keeps its few prefix tokens in float16 (format 4): the cls token is what pooled heads read, and its
+int8 error, small per token, is large against how little cls vectors differ between clips. Format 3 int8 stores
+quantised them too, with `prefix_scales/layer_<i>` [N, P] beside them; they are still read.
 Sample counts and offsets are at provenance.encoder.sample_rate. Format 1 stores (no row arrays) are still read:
 each row is its own recording, at offset 0, with nothing known to be cropped.
 """
@@ -32,10 +35,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 # The first format whose layout may hold int8 tokens (with their scales arrays).
 INT8_FORMAT = 3
+# The first format whose int8 stores keep prefix tokens in float16 (format 3 quantised them, with prefix_scales).
+FLOAT_PREFIX_FORMAT = 4
 # Per-row arrays added in format 2: name -> (numpy dtype name as verify reports it, what it holds).
 ROW_ARRAYS = {
     "recording_ids": "string",
@@ -58,6 +63,8 @@ _TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 INT8_MAX = 127  # symmetric codes: -128 is never written
 SCALE_DTYPE = "float16"
 SCALE_ITEMSIZE = 2
+# What an int8 store keeps its prefix tokens in (format 4 on).
+QUANTIZED_PREFIX_DTYPE = "float16"
 
 
 def tokens_path(layer: int) -> str:
@@ -81,6 +88,17 @@ def prefix_scales_path(layer: int) -> str:
 def is_quantized(dtype: str) -> bool:
     """Whether tokens of `dtype` are stored as codes with per-token scales (int8)."""
     return dtype in QUANTIZED
+
+
+def prefix_dtype(dtype: str, version: int = FORMAT_VERSION) -> str:
+    """The dtype prefix tokens are stored in, in a store of token `dtype` and format `version`: float16 for int8
+    from format 4 on, else the tokens' own."""
+    return QUANTIZED_PREFIX_DTYPE if is_quantized(dtype) and version >= FLOAT_PREFIX_FORMAT else dtype
+
+
+def has_quantized_prefix(dtype: str, num_prefix: int, version: int) -> bool:
+    """Whether a store's prefix tokens are int8 codes with prefix_scales (format 3 int8 stores with a prefix)."""
+    return num_prefix > 0 and is_quantized(prefix_dtype(dtype, version))
 
 
 def quantize(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,16 +137,24 @@ def encode(tensor: torch.Tensor, dtype: str) -> tuple[np.ndarray, np.ndarray | N
     return to_stored(tensor, dtype), None
 
 
-def layer_arrays(layer: int, dtype: str, num_prefix: int) -> list[tuple[str, str]]:
-    """(path, part) of every array one layer owns: "tokens", "prefix", "scales", "prefix_scales" (parts present)."""
+def layer_arrays(layer: int, dtype: str, num_prefix: int, version: int = FORMAT_VERSION) -> list[tuple[str, str]]:
+    """(path, part) of every array one layer owns in format `version`: "tokens", "prefix", "scales" and (format 3
+    int8 stores only) "prefix_scales", the parts present."""
     arrays = [(tokens_path(layer), "tokens")]
     if num_prefix:
         arrays.append((prefix_path(layer), "prefix"))
     if is_quantized(dtype):
         arrays.append((scales_path(layer), "scales"))
-        if num_prefix:
-            arrays.append((prefix_scales_path(layer), "prefix_scales"))
+    if has_quantized_prefix(dtype, num_prefix, version):
+        arrays.append((prefix_scales_path(layer), "prefix_scales"))
     return arrays
+
+
+def part_dtype(part: str, dtype: str, version: int = FORMAT_VERSION) -> str:
+    """The dtype one layer array of `part` holds, in a store of token `dtype` and format `version`."""
+    if part.endswith("scales"):
+        return SCALE_DTYPE
+    return prefix_dtype(dtype, version) if part == "prefix" else dtype
 
 
 def stored_numpy_dtype(dtype: str) -> type:
@@ -209,8 +235,9 @@ class StoreSpec:
         return start, min(self.n_clips, start + self.chunk_clips)
 
     def token_nbytes(self) -> int:
-        """Uncompressed bytes of all token and prefix arrays (and their scales, for int8)."""
-        per_clip = (self.num_tokens + self.num_prefix) * token_bytes(self.dtype, self.embed_dim)
+        """Uncompressed bytes of all token and prefix arrays (and int8 scales), as this format writes them."""
+        per_clip = (self.num_tokens * token_bytes(self.dtype, self.embed_dim)
+                    + self.num_prefix * token_bytes(prefix_dtype(self.dtype), self.embed_dim))
         return self.n_clips * per_clip * len(self.layers)
 
     def to_attrs(self) -> dict:

@@ -466,23 +466,35 @@ class TokenStore:
         return values if scales is None else layout.dequantize(values, scales)
 
     def read_prefix(self, layer: int | None, start: int, stop: int) -> torch.Tensor | None:
-        """Prefix tokens [stop - start, P, D], or None when the encoder has none (int8: dequantised, float32)."""
+        """Prefix tokens [stop - start, P, D] in their stored dtype (float16 in an int8 store; a format 3 int8
+        store's int8 prefix dequantised, float32), or None when the encoder has none."""
         if not self.num_prefix:
             return None
-        values, scales = self.read_stored(layer, start, stop, prefix=True)
-        return values if scales is None else layout.dequantize(values, scales)
-
-    def read_stored(self, layer: int | None, start: int, stop: int,
-                    prefix: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(tokens [n, T, D] as stored, their float16 scales [n, T] for int8 stores, else None); prefix=True: the
-        prefix tokens [n, P, D] (and scales [n, P]). What the loader keeps and moves: int8 stays int8."""
         layer = self.resolve_layer(layer)
-        path = layout.prefix_path(layer) if prefix else layout.tokens_path(layer)
-        values = layout.from_stored(self.read_rows(path, start, stop), self.dtype)
+        values = layout.from_stored(self.read_rows(layout.prefix_path(layer), start, stop), self.prefix_dtype)
+        if not self.quantized_prefix:
+            return values
+        scales = self.read_rows(layout.prefix_scales_path(layer), start, stop)
+        return layout.dequantize(values, torch.from_numpy(np.ascontiguousarray(scales)))
+
+    @property
+    def prefix_dtype(self) -> str:
+        """The dtype prefix tokens are stored in (float16 in an int8 store; int8 in a format 3 one)."""
+        return layout.prefix_dtype(self.dtype, self.format_version)
+
+    @property
+    def quantized_prefix(self) -> bool:
+        """Whether prefix tokens are int8 codes with prefix_scales (a format 3 int8 store with a prefix)."""
+        return layout.has_quantized_prefix(self.dtype, self.num_prefix, self.format_version)
+
+    def read_stored(self, layer: int | None, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tokens [n, T, D] as stored, their float16 scales [n, T] for int8 stores, else None). What the loader keeps
+        and moves: int8 stays int8."""
+        layer = self.resolve_layer(layer)
+        values = layout.from_stored(self.read_rows(layout.tokens_path(layer), start, stop), self.dtype)
         if not layout.is_quantized(self.dtype):
             return values, None
-        scales_path = layout.prefix_scales_path(layer) if prefix else layout.scales_path(layer)
-        return values, torch.from_numpy(np.ascontiguousarray(self.read_rows(scales_path, start, stop)))
+        return values, torch.from_numpy(np.ascontiguousarray(self.read_rows(layout.scales_path(layer), start, stop)))
 
     def token_mask(self, start: int, stop: int) -> torch.Tensor:
         """[stop - start, T] bool: True where a token holds real audio."""
@@ -492,6 +504,10 @@ class TokenStore:
     def token_nbytes(self, layer: int | None = None) -> int:
         """Uncompressed bytes of one layer's tokens (with their scales, for int8)."""
         return self.n_clips * self.num_tokens * layout.token_bytes(self.dtype, self.embed_dim)
+
+    def prefix_nbytes(self) -> int:
+        """Uncompressed bytes of one layer's prefix tokens (with their scales, in a format 3 int8 store)."""
+        return self.n_clips * self.num_prefix * layout.token_bytes(self.prefix_dtype, self.embed_dim)
 
     def disk_nbytes(self) -> int | None:
         """Bytes on disk for a local store or zip, None for remote ones."""

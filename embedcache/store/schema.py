@@ -293,16 +293,26 @@ def damaged(where: str) -> str:
 
 def expected_arrays(spec: StoreSpec, version: int = layout.FORMAT_VERSION) -> dict[str, tuple[tuple[int, ...], str]]:
     """Array path -> (shape, stored numpy dtype name) of everything the layout (of format `version`) promises."""
-    n, stored = spec.n_clips, np.dtype(layout.stored_numpy_dtype(spec.dtype)).name
+    n = spec.n_clips
     arrays = {}
     for layer in spec.layers:
-        for path, part in layout.layer_arrays(layer, spec.dtype, spec.num_prefix):
+        for path, part in layout.layer_arrays(layer, spec.dtype, spec.num_prefix, version):
             width = spec.num_prefix if part.startswith("prefix") else spec.num_tokens
-            arrays[path] = ((n, width), layout.SCALE_DTYPE) if part.endswith("scales") else (
-                (n, width, spec.embed_dim), stored)
+            stored = np.dtype(layout.stored_numpy_dtype(layout.part_dtype(part, spec.dtype, version))).name
+            arrays[path] = ((n, width), stored) if part.endswith("scales") else ((n, width, spec.embed_dim), stored)
     arrays.update(row_arrays(spec, version))
     arrays["chunk_done"] = ((spec.n_chunks,), "uint8")
     return arrays
+
+
+def quantized_prefix_problem(spec: StoreSpec, version: int, where: str) -> str | None:
+    """Why a format 3 int8 store with int8 prefix tokens cannot take writes from this embedcache (which keeps an int8
+    store's prefix in float16), or None for any other store."""
+    if not layout.has_quantized_prefix(spec.dtype, spec.num_prefix, version):
+        return None
+    return (f"{where}: a format {version} int8 store whose prefix tokens are int8 too (this embedcache keeps them in "
+            f"float16, format {layout.FLOAT_PREFIX_FORMAT}); rewrite it with `embedcache convert {where} NEW.zarr "
+            "--dtype int8` first")
 
 
 def row_arrays(spec: StoreSpec, version: int = layout.FORMAT_VERSION) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -86,6 +86,7 @@ def summarize(store: TokenStore) -> dict:
         "prefix_tokens": store.num_prefix,
         "embed_dim": store.embed_dim,
         "dtype": store.dtype,
+        "prefix_dtype": store.prefix_dtype,
         "chunks": {"count": spec.n_chunks, "clips_per_chunk": spec.chunk_clips, "compression": spec.compression},
         "bytes": {"raw_tokens": raw, "on_disk": disk, "raw_float16_tokens": _fp16_bytes(spec)},
         "provenance": {
@@ -199,7 +200,9 @@ def format_summary(summary: dict) -> str:
         f"layers      {s['layers']}",
         f"tokens      [N={s['clips']}, T={s['tokens']}, D={s['embed_dim']}] {s['dtype']}"
         + (" (codes, one float16 scale per token)" if s["dtype"] == "int8" else "") + f"; grid {grid[0]} time x "
-        f"{grid[1]} freq (time-major); prefix tokens {s['prefix_tokens']}; valid tokens per clip "
+        f"{grid[1]} freq (time-major); prefix tokens {s['prefix_tokens']}"
+        + (f" ({s['prefix_dtype']})" if s["prefix_tokens"] and s["dtype"] == "int8" else "")
+        + "; valid tokens per clip "
         + (f"{valid['min']}..{valid['max']}" if valid else "pending"),
         f"chunks      {chunks['count']} x {chunks['clips_per_chunk']} clips per layer; "
         f"codecs {chunks['compression']} + crc32c",

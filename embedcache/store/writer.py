@@ -78,8 +78,8 @@ def create_store(
 
 
 def create_layer_arrays(group: zarr.Group, spec: StoreSpec, layer: int) -> None:
-    """Create the (empty) token array of one layer, its prefix array when the encoder has prefix tokens, and for
-    int8 their per-token scales."""
+    """Create the (empty) token array of one layer, its prefix array when the encoder has prefix tokens (float16 in
+    an int8 store), and for int8 the tokens' per-token scales."""
     for path, part in layout.layer_arrays(layer, spec.dtype, spec.num_prefix):
         width = spec.num_prefix if part.startswith("prefix") else spec.num_tokens
         scales = part.endswith("scales")
@@ -87,7 +87,7 @@ def create_layer_arrays(group: zarr.Group, spec: StoreSpec, layer: int) -> None:
             path,
             shape=(spec.n_clips, width) if scales else (spec.n_clips, width, spec.embed_dim),
             chunks=(spec.chunk_clips, width) if scales else (spec.chunk_clips, width, spec.embed_dim),
-            dtype=layout.SCALE_DTYPE if scales else layout.stored_numpy_dtype(spec.dtype),
+            dtype=layout.stored_numpy_dtype(layout.part_dtype(part, spec.dtype)),
             compressors=_codecs(spec.compression),
             fill_value=0,
             config=ARRAY_CONFIG,
@@ -189,6 +189,9 @@ def open_for_resume(path: str | Path, fingerprint: str, fingerprint_fields: dict
         remove_store(path)  # nothing was extracted into it yet: start it again
         return None
     attrs = store_attrs(group)
+    problem = schema.quantized_prefix_problem(StoreSpec.from_attrs(attrs["layout"]), attrs["format_version"], str(path))
+    if problem:
+        raise StoreError(f"{problem}, or pass --overwrite to extract it again")
     if attrs["fingerprint"] != fingerprint:
         old = attrs["provenance"].get("fingerprint_fields", {})
         keys = set(old) | set(fingerprint_fields)
@@ -254,25 +257,24 @@ def write_chunk(
     prefix: dict[int, np.ndarray],
     valid_tokens: np.ndarray,
     scales: dict[int, np.ndarray] | None = None,
-    prefix_scales: dict[int, np.ndarray] | None = None,
 ) -> None:
-    """Write one chunk's arrays (already in the stored dtype; int8 codes with their float16 `scales` and
-    `prefix_scales`), then set its completion marker.
+    """Write one chunk's arrays (already in the stored dtype: int8 codes with their float16 `scales`, and float16
+    prefix tokens, in an int8 store), then set its completion marker.
 
     Tokens that are not finite are refused before anything of the chunk is written, naming the clips (for int8: a
     non-finite scale, which NaN or inf tokens and float16 overflow of absmax / 127 give).
     """
     start, stop = spec.chunk_range(chunk)
-    parts = {"tokens": tokens, "prefix": prefix, "scales": scales or {}, "prefix_scales": prefix_scales or {}}
-    arrays = {path: parts[part].get(layer) for layer in spec.layers
+    parts = {"tokens": tokens, "prefix": prefix, "scales": scales or {}}
+    arrays = {path: (parts[part].get(layer), layout.part_dtype(part, spec.dtype)) for layer in spec.layers
               for path, part in layout.layer_arrays(layer, spec.dtype, spec.num_prefix)}
-    missing = [path for path, values in arrays.items() if values is None]
+    missing = [path for path, (values, _) in arrays.items() if values is None]
     if missing:
         raise StoreError(f"chunk {chunk}: no data given for {', '.join(missing)}; {spec.dtype} chunks need it")
-    checked = {path: values for path, values in arrays.items()
-               if not layout.is_quantized(spec.dtype) or path.startswith(("scales/", "prefix_scales/"))}
-    for path, values in checked.items():
-        kind_dtype = layout.SCALE_DTYPE if path.startswith(("scales/", "prefix_scales/")) else spec.dtype
+    # int8 codes cannot be NaN; their scales can (NaN or inf tokens give a non-finite scale).
+    for path, (values, kind_dtype) in arrays.items():
+        if layout.is_quantized(kind_dtype):
+            continue
         rows = layout.nonfinite_rows(values, kind_dtype)
         if len(rows):
             layer = path.rsplit("_", 1)[1]
@@ -283,7 +285,7 @@ def write_chunk(
                 f"hold NaN or inf in {spec.dtype}; nothing of chunk {chunk} was marked done. Check that clip's "
                 "audio for extreme values, or extract with --dtype float32 if float16 overflows"
             )
-    for path, values in arrays.items():
+    for path, (values, _) in arrays.items():
         writable(group, path)[start:stop] = values
     writable(group, "valid_tokens")[start:stop] = valid_tokens
     # The marker goes last: a crash before it leaves the chunk pending, and the resume rewrites it whole.
@@ -337,10 +339,10 @@ class BackgroundChunkWriter:
             raise error
         raise StoreError(f"writing to {self._group.store} failed: {error}") from error
 
-    def submit(self, chunk: int, tokens: dict, prefix: dict, valid_tokens: np.ndarray, scales: dict | None = None,
-               prefix_scales: dict | None = None) -> None:
+    def submit(self, chunk: int, tokens: dict, prefix: dict, valid_tokens: np.ndarray,
+               scales: dict | None = None) -> None:
         self._raise_if_failed()
-        self._queue.put((chunk, tokens, prefix, valid_tokens, scales, prefix_scales))
+        self._queue.put((chunk, tokens, prefix, valid_tokens, scales))
 
     def close(self) -> None:
         """Wait for every submitted chunk to be written; raise if any write failed."""
