@@ -204,6 +204,25 @@ def test_int8_and_float16_choose_the_same_head_with_close_scores_on_planted_even
     assert reference["protobin"][1] > reference["linear"][1] + 0.2  # the events are there to find
 
 
+def test_cls_pooled_heads_score_an_int8_store_exactly_as_its_float16_source(tmp_path):
+    # An int8 store keeps the prefix (cls) tokens in float16, so what cls-pooled heads read is unchanged, bit for bit.
+    tokens, labels = event_tokens()
+    cls = tokens[:, :1] * 3 + 5  # a shared offset: int8's error would be large against how little they differ
+    splits = ["train"] * 60 + ["valid"] * 30 + ["test"] * 30
+    stores = {dtype: write_store(tmp_path / f"{dtype}.zarr", {0: tokens}, labels, [f"event{c}" for c in range(4)],
+                                 [f"clip{i:03d}" for i in range(120)], splits, (8, 4), prefix={0: cls},
+                                 chunk_clips=20, dtype=dtype) for dtype in ("float16", "int8")}
+    grid = [HeadSpec("logreg", options={"pooling": "cls"}), HeadSpec("knn", options={"pooling": "cls"}),
+            HeadSpec("linear", lr=1e-2, seed=0, options={"pooling": "cls"})]
+    scores = {}
+    for dtype, store in stores.items():
+        bank = HeadBank(grid, TrainConfig(epochs=3, batch_size=16, device="cpu")).fit(
+            SplitData(store, "train"), SplitData(store, "valid"))
+        scores[dtype] = bank.predict(SplitData(store, "test"))
+    for head, (exact, mine) in enumerate(zip(scores["float16"], scores["int8"])):
+        assert torch.equal(torch.as_tensor(exact), torch.as_tensor(mine)), grid[head].kind
+
+
 # -- convert ------------------------------------------------------------------------------------------------
 def test_convert_to_int8_and_back_keeps_everything_but_the_dtype(tmp_path):
     source = make(tmp_path / "s.zarr")
