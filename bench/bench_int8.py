@@ -14,7 +14,7 @@ Per store pair:
   storage    bytes on disk; full scan of every chunk as the loader reads it (int8: codes and scales, no float
              conversion), best of --repeats, as stored GB/s and clips/s; and the same scan dequantised to float32;
   epoch      fastest training epoch after the first of linear and protobin (HeadBank, split in memory, CPU);
-  quality    `run_probe` with every head kind, the same lr grid, --seeds seeds and --epochs epochs on both stores:
+  quality    `run_probe` with every head kind (or --heads), the same lr grid, --seeds seeds and --epochs epochs on both stores:
              per head the lr chosen on validation and the test mAP (mean and std over seeds); the bar is
              |int8 - float16| <= 0.5 mAP points for every head.
 """
@@ -25,6 +25,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +147,8 @@ def epoch_seconds(store: TokenStore, kind: str, epochs: int) -> float:
     return fastest_epoch(bank.fit(SplitData(store, "train", device="cpu")))
 
 
-def quality(store: TokenStore, out: Path, seeds: int, epochs: int, lrs: list[float]) -> dict:
+def quality(store: TokenStore, out: Path, seeds: int, epochs: int, lrs: list[float],
+            heads: Sequence[str] = HEADS) -> dict:
     """Every head kind through the probe protocol, one run per lr of the grid (a head in a bank is bit-identical to
     the head alone, so this is the grid run split up): per head and lr, valid and test mAP (means over seeds)."""
     started = time.perf_counter()
@@ -155,7 +157,7 @@ def quality(store: TokenStore, out: Path, seeds: int, epochs: int, lrs: list[flo
         config = {"grid": {"lr": [lr], "weight_decay": [1e-4]}, "seeds": seeds, "predictions": False,
                   "train": {"epochs": epochs, "batch_size": 32, "device": "cpu"}}
         run = out / f"lr{lr:g}"
-        report = run_probe(store.path, list(HEADS), run, config=config, ledger=run / "ledger.csv", overwrite=True,
+        report = run_probe(store.path, list(heads), run, config=config, ledger=run / "ledger.csv", overwrite=True,
                            log=lambda line: None)
         for result in report.results:
             heads.setdefault(result.name, {})[lr] = {
@@ -212,7 +214,7 @@ def run_case(root: Path, name: str, manifest: Path, encoder: str, args) -> dict:
         if encoder in args.noise_floor.split(","):  # how far float16 itself is from float32 under the same protocol
             stores["float32"] = build_float32(root, name, manifest, encoder)
         results = {dtype: quality(store, root / "runs" / f"{name}-{encoder}-{dtype}", args.seeds, args.epochs,
-                                  args.lrs) for dtype, store in stores.items()}
+                                  args.lrs, args.heads) for dtype, store in stores.items()}
         case["quality"] = {**compare(results["float16"], results["int8"]),
                            "probe_seconds": {dtype: result["seconds"] for dtype, result in results.items()},
                            "per_lr": results}
@@ -271,9 +273,14 @@ def main() -> None:
     parser.add_argument("--probe-threads", type=int, help="torch threads for the probes only (timings keep --threads)")
     parser.add_argument("--workdir", type=Path, help="keep stores and runs here (default: a temporary folder)")
     parser.add_argument("--sets", default="sample,localized", help="which data sets to run (sample, localized)")
+    parser.add_argument("--heads", default=",".join(HEADS), help="which heads to probe (default: all clip heads)")
     parser.add_argument("--quick", action="store_true", help="toy sizes: 40 clips of 2 s, small encoders, 1 seed")
     args = parse_args(parser)
     args.lrs = [float(value) for value in args.lrs.split(",")]
+    args.heads = args.heads.split(",")
+    unknown_heads = set(args.heads) - set(HEADS)
+    if unknown_heads:
+        parser.error(f"--heads: unknown head(s) {', '.join(sorted(unknown_heads))}; choose from {', '.join(HEADS)}")
     if args.quick:
         args.clips, args.seconds, args.encoders, args.seeds, args.epochs = 40, 2.0, "melpatch,vit-small", 1, 2
     with tempfile.TemporaryDirectory() as tmp:
