@@ -14,8 +14,8 @@ Per store pair:
   storage    bytes on disk; full scan of every chunk as the loader reads it (int8: codes and scales, no float
              conversion), best of --repeats, as stored GB/s and clips/s; and the same scan dequantised to float32;
   epoch      fastest training epoch after the first of linear and protobin (HeadBank, split in memory, CPU);
-  quality    `run_probe` with every head kind (or --heads), the same lr grid, --seeds seeds and --epochs epochs on both stores:
-             per head the lr chosen on validation and the test mAP (mean and std over seeds); the bar is
+  quality    `run_probe` with every head kind (or --heads), the same lr grid, --seeds seeds and --epochs epochs on
+             both stores: per head the lr chosen on validation and the test mAP (mean and std over seeds); the bar is
              |int8 - float16| <= 0.5 mAP points for every head.
 """
 
@@ -152,7 +152,7 @@ def quality(store: TokenStore, out: Path, seeds: int, epochs: int, lrs: list[flo
     """Every head kind through the probe protocol, one run per lr of the grid (a head in a bank is bit-identical to
     the head alone, so this is the grid run split up): per head and lr, valid and test mAP (means over seeds)."""
     started = time.perf_counter()
-    heads: dict[str, dict] = {}
+    results: dict[str, dict] = {}
     for lr in lrs:
         config = {"grid": {"lr": [lr], "weight_decay": [1e-4]}, "seeds": seeds, "predictions": False,
                   "train": {"epochs": epochs, "batch_size": 32, "device": "cpu"}}
@@ -160,10 +160,10 @@ def quality(store: TokenStore, out: Path, seeds: int, epochs: int, lrs: list[flo
         report = run_probe(store.path, list(heads), run, config=config, ledger=run / "ledger.csv", overwrite=True,
                            log=lambda line: None)
         for result in report.results:
-            heads.setdefault(result.name, {})[lr] = {
+            results.setdefault(result.name, {})[lr] = {
                 "valid_map": result.valid["map"], "test_map": result.test["map"],
                 "test_map_std": result.test.get("map_std"), "status": result.status}
-    return {"seconds": round(time.perf_counter() - started, 1), "lrs": lrs, "heads": heads}
+    return {"seconds": round(time.perf_counter() - started, 1), "lrs": lrs, "heads": results}
 
 
 def protocol_choice(per_lr: dict, lrs: list[float]) -> float:

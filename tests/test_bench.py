@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -206,3 +207,36 @@ def test_int8_benchmark_compares_what_the_protocol_would_choose():
     flipped = bench_int8.compare(runs([0.5, 0.6], [0.60, 0.70]), runs([0.5, 0.4], [0.60, 0.70]))
     assert not flipped["heads"]["h"]["same_lr"] and flipped["max_abs_diff_points"] == 10.0
     assert not flipped["within_bar"] and flipped["max_abs_diff_points_same_lr"] == 0.0
+
+
+def test_int8_benchmark_probes_the_heads_it_is_given(tmp_path, monkeypatch):
+    from bench import bench_int8
+
+    asked = []
+
+    def fake_run_probe(store, head_kinds, run, **options):
+        asked.append(list(head_kinds))
+        return SimpleNamespace(results=[SimpleNamespace(name=kind, valid={"map": 0.5}, test={"map": 0.5},
+                                                        status="ok") for kind in head_kinds])
+
+    monkeypatch.setattr(bench_int8, "run_probe", fake_run_probe)
+    result = bench_int8.quality(SimpleNamespace(path="s.zarr"), tmp_path, 1, 1, [0.1, 0.2], ["simpool", "abmilp"])
+    assert asked == [["simpool", "abmilp"]] * 2 and sorted(result["heads"]) == ["abmilp", "simpool"]
+
+
+def test_int8_seed_pairs_reads_the_ledgers_and_pairs_seeds(tmp_path):
+    from bench import int8_seed_pairs
+
+    def ledger(dtype, lr, rows):  # rows: (head, seed, valid, test)
+        folder = tmp_path / "runs" / f"loc-vit-{dtype}" / f"lr{lr:g}"
+        folder.mkdir(parents=True)
+        lines = ["head,lr,seed,valid,test_map,status"] + [f"{h},{lr},{s},{v},{t},ok" for h, s, v, t in rows]
+        (folder / "ledger.csv").write_text("\n".join(lines) + "\n")
+
+    ledger("float16", 0.1, [("p", 0, 0.5, 0.60), ("p", 1, 0.5, 0.62)])
+    ledger("float16", 0.2, [("p", 0, 0.4, 0.90), ("p", 1, 0.4, 0.90)])  # lower valid: not chosen
+    ledger("int8", 0.1, [("p", 0, 0.5, 0.61), ("p", 1, 0.5, 0.65)])
+    ledger("int8", 0.2, [("p", 0, 0.4, 0.10), ("p", 1, 0.4, 0.10)])
+    (row,) = int8_seed_pairs.collect(tmp_path)["loc-vit"].values()
+    assert row["lr"] == 0.1 and "float32_minus_float16" not in row
+    assert row["int8_minus_float16"] == {"mean_points": 2.0, "standard_error": 1.0, "seeds": 2}  # diffs 1 and 3
