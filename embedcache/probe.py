@@ -664,7 +664,9 @@ def run_probe(
     """
     out_dir = Path(out_dir).resolve()
     overrides = {"store": absolute_url(store_path) if store_path is not None else None, "seeds": seeds}
-    if head_kinds:
+    if head_kinds is not None:
+        if not list(head_kinds):
+            raise ConfigError("no heads given: name at least one head kind (or pass None for the config's heads)")
         overrides["heads"] = list(head_kinds)
     if isinstance(config, ProbeConfig):
         config = config.to_dict()

@@ -188,6 +188,8 @@ def test_refuses_bad_configs_and_an_existing_run(tmp_path, store):
         resolve_config({"train": {"learning_rate": 1}})
     with pytest.raises(ConfigError, match="task: multiclass"):
         run_probe(store.path, ["linear"], tmp_path / "mc", config={**FAST, "task": "multiclass"})
+    with pytest.raises(ConfigError, match="no heads given"):  # not silently the config's heads
+        run_probe(store.path, [], tmp_path / "none", config=FAST)
     run_probe(store.path, ["linear"], tmp_path / "run", config=FAST)
     with pytest.raises(ConfigError, match="already holds a probe run"):
         run_probe(store.path, ["linear"], tmp_path / "run", config=FAST)
