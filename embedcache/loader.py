@@ -278,9 +278,7 @@ class SplitData:
         n, store = self.n_clips, self.store
         per_clip = (len(self.layers),) if self.stacked else ()
         tokens = torch.empty((n, *per_clip, store.num_tokens, store.embed_dim), dtype=layout.torch_dtype(store.dtype))
-        # A format 3 int8 store's prefix is read dequantised (float32); otherwise prefix tokens keep their dtype.
-        prefix_dtype = torch.float32 if store.quantized_prefix else layout.torch_dtype(store.prefix_dtype)
-        prefix = (torch.empty((n, *per_clip, store.num_prefix, store.embed_dim), dtype=prefix_dtype)
+        prefix = (torch.empty((n, *per_clip, store.num_prefix, store.embed_dim), dtype=store.prefix_read_dtype)
                   if store.num_prefix else None)
         quantized = layout.is_quantized(store.dtype)
         scale_dtype = layout.torch_dtype(layout.SCALE_DTYPE)

@@ -483,6 +483,11 @@ class TokenStore:
         return layout.prefix_dtype(self.dtype, self.format_version)
 
     @property
+    def prefix_read_dtype(self) -> torch.dtype:
+        """The torch dtype `read_prefix` returns: the stored one, or float32 for a format 3 store's int8 prefix."""
+        return torch.float32 if self.quantized_prefix else layout.torch_dtype(self.prefix_dtype)
+
+    @property
     def quantized_prefix(self) -> bool:
         """Whether prefix tokens are int8 codes with prefix_scales (a format 3 int8 store with a prefix)."""
         return layout.has_quantized_prefix(self.dtype, self.num_prefix, self.format_version)
