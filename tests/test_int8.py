@@ -294,6 +294,19 @@ def test_extract_int8_quantises_the_float32_tokens(tiny_manifest, tmp_path):
     np.testing.assert_array_equal(int8.valid_tokens, exact.valid_tokens)
 
 
+def test_extract_int8_with_a_cls_encoder_keeps_the_float16_prefix(tiny_manifest, tmp_path):
+    # The command users run, with an encoder that has a cls token: the prefix is float16, as a float16 store's.
+    common = ["extract", "--encoder", "vit", "--random-init", "--manifest", str(tiny_manifest), "--workers", "0",
+              "--no-progress", "--chunk-clips", "4"]
+    for dtype in ("float16", "int8"):
+        result = CliRunner().invoke(main, [*common, "--out", str(tmp_path / f"{dtype}.zarr"), "--dtype", dtype])
+        assert result.exit_code == 0, result.output
+    exact, int8 = TokenStore.open(tmp_path / "float16.zarr"), TokenStore.open(tmp_path / "int8.zarr")
+    assert int8.num_prefix == 1 and int8.prefix_dtype == "float16" and verify_store(int8.path).ok
+    assert torch.equal(int8.read_prefix(None, 0, 12), exact.read_prefix(None, 0, 12))
+    assert int8.read_stored(None, 0, 12)[0].dtype == torch.int8
+
+
 def test_hdf5_export_import_of_an_int8_store(tmp_path):
     store = make(tmp_path / "s.zarr", dtype="int8")
     export_hdf5(store.path, tmp_path / "s.h5")
